@@ -1,0 +1,44 @@
+# Two entry points on a fresh machine (Python 3.10+ and make):
+#   make run   - set up and run the node on its embedded defaults
+#   make test  - set up and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARED_DIR ?= $(abspath ../shared)
+export DICOMNODE_SHARED := $(SHARED_DIR)
+
+.PHONY: run test setup setup-test setup-training lint system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,training]'
+
+setup-training: $(BIN)/python
+	$(BIN)/pip install -q -e '.[training]'
+
+run: setup
+	$(BIN)/dicomnode serve --config config/dicomnode.yaml
+
+# Debian packages the end-to-end tests drive as real peers (needs root: CI runs as root).
+system-deps:
+	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null \
+	    || ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    dcmtk orthanc postgresql chromium util-linux iproute2 systemd >/dev/null; \
+	fi
+
+lint: setup-test
+	$(BIN)/ruff check dicomnode training tests bench
+
+test: system-deps setup-test lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,124 @@
+"""Classify stage: run the shipped TFLite view classifier (AP vs LA) through LiteRT.
+
+The model file is verified against models/manifest.json (sha256) before it is loaded, and the
+interpreter is warmed at start-up so the first image costs what the hundredth does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dicomnode.preprocess import MODEL_SIZE
+
+try:  # the maintained runtime; tflite_runtime only as a fallback for old images
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # pragma: no cover - exercised only where ai-edge-litert is absent
+    from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+WARMUP_INVOKES = 3
+
+
+class ModelError(RuntimeError):
+    """The model or its manifest is missing, unreadable or does not match."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    inference_ms: float
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(models_dir: Path) -> dict:
+    manifest_path = models_dir / "manifest.json"
+    try:
+        return json.loads(manifest_path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"no model manifest at {manifest_path}") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from exc
+
+
+def resolve_model(models_dir: Path, variant: str | None) -> tuple[Path, str, list[str]]:
+    """Return (model path, expected sha256, labels) for a variant named in the manifest."""
+    manifest = load_manifest(models_dir)
+    variant = variant or manifest["default_variant"]
+    variants = manifest.get("variants", {})
+    if variant not in variants:
+        raise ModelError(f"variant {variant!r} not in manifest; known: {sorted(variants)}")
+    entry = variants[variant]
+    return models_dir / entry["file"], entry["sha256"], list(manifest["labels"])
+
+
+class ViewClassifier:
+    """A warmed LiteRT interpreter for one model file. Not thread-safe: one per worker."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        labels: list[str],
+        expected_sha256: str | None = None,
+        num_threads: int = 1,
+    ) -> None:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"model file not found: {model_path}")
+        self.sha256 = sha256_file(model_path)
+        if expected_sha256 is not None and self.sha256 != expected_sha256:
+            raise ModelError(
+                f"{model_path} has sha256 {self.sha256}, manifest says {expected_sha256}: "
+                "refusing a model that does not match its manifest"
+            )
+        self.model_path = model_path
+        self.labels = labels
+        self._interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+        self._interpreter.allocate_tensors()
+        input_detail = self._interpreter.get_input_details()[0]
+        self._input_index = input_detail["index"]
+        self._input_dtype = input_detail["dtype"]
+        self._output_index = self._interpreter.get_output_details()[0]["index"]
+        expected_shape = (1, MODEL_SIZE, MODEL_SIZE, 3)
+        if tuple(input_detail["shape"]) != expected_shape:
+            raise ModelError(f"model input {input_detail['shape']} is not {expected_shape}")
+        for _ in range(WARMUP_INVOKES):
+            self.predict(np.zeros((MODEL_SIZE, MODEL_SIZE), dtype=np.uint8))
+
+    @classmethod
+    def from_manifest(
+        cls, models_dir: Path = DEFAULT_MODELS_DIR, variant: str | None = None, num_threads: int = 1
+    ) -> ViewClassifier:
+        path, sha256, labels = resolve_model(Path(models_dir), variant)
+        return cls(path, labels, expected_sha256=sha256, num_threads=num_threads)
+
+    def predict(self, grey224: np.ndarray) -> Prediction:
+        """uint8 (224, 224) from dicomnode.preprocess -> Prediction."""
+        batch = np.repeat(grey224[np.newaxis, :, :, np.newaxis], 3, axis=3).astype(self._input_dtype)
+        started = time.perf_counter()
+        self._interpreter.set_tensor(self._input_index, batch)
+        self._interpreter.invoke()
+        scores = self._interpreter.get_tensor(self._output_index)[0].astype(np.float64)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        probabilities = {label: float(p) for label, p in zip(self.labels, scores, strict=True)}
+        best = int(np.argmax(scores))
+        return Prediction(
+            label=self.labels[best],
+            probabilities=probabilities,
+            confidence=float(scores[best]),
+            inference_ms=elapsed_ms,
+        )

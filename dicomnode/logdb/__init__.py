@@ -1,0 +1,1 @@
+"""Log stage: the classification log auditors query (SQLAlchemy; SQLite by default)."""
