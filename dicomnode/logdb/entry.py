@@ -1,10 +1,9 @@
-"""What the node records for each received instance: the contract between the pipeline and the log."""
+"""What the node records for each received instance: the pipeline-to-log contract."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-
 
 # The action the tag stage took, one per instance.
 ACTIONS = ("written", "agrees", "disagrees", "overwritten", "uncertain", "skipped", "unreadable")

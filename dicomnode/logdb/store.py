@@ -1,0 +1,282 @@
+"""LogStore: the write side of the classification log (and the handle queries use).
+
+Thread-safe: one SQLAlchemy engine (a connection pool) shared by the pipeline's worker threads.
+SQLite runs in WAL mode so auditors' reads never block the node's writes; writes open with
+BEGIN IMMEDIATE so two writers queue on the busy timeout instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from dicomnode.logdb import schema
+from dicomnode.logdb.entry import ACTIONS, InstanceLogEntry
+from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow, ModelVersionRow, PurgeRow
+
+FORWARD_OUTCOMES = ("sent", "retry", "failed")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def to_utc_naive(moment: datetime) -> datetime:
+    """Stored form of a time: naive UTC. Naive input is taken to be UTC already."""
+    if moment.tzinfo is not None:
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def from_stored(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def normalise_url(url: str) -> str:
+    """Accept a bare filesystem path as shorthand for an SQLite database."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().absolute()}"
+    return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would honour the umask, often 0644).
+
+    SQLite gives its -wal and -shm files the permissions of the main file, so they follow.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)  # why: explicit, whatever the umask did to os.open's mode
+
+
+def build_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    in_memory = sqlite_file(url) is None
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if in_memory:  # one shared connection, or each thread would see its own empty database
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        # Take transaction control from the sqlite3 module (it would defer BEGIN and autocommit
+        # DDL); SQLAlchemy then emits BEGIN itself below, so migrations are transactional.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on app crash
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+    return engine
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    at: datetime
+    cutoff: datetime
+    older_than_days: float
+    instances_deleted: int
+    forward_attempts_deleted: int
+
+
+class LogStore:
+    """Append-only classification log on SQLite (default) or PostgreSQL."""
+
+    def __init__(self, engine: Engine, url: str, revision: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.revision = revision
+        self.dialect = engine.dialect.name
+        # Writes take SQLite's write lock up front; PostgreSQL ignores the option.
+        self._write_engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+        # One writer at a time inside this process: SQLite allows one anyway, and queuing here is
+        # cheaper than spinning on its busy handler. PostgreSQL writers run in parallel.
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._known_models: set[str] = set()
+
+    @classmethod
+    def open(cls, url: str) -> LogStore:
+        """Open the log, creating the database or upgrading its schema to this code's head."""
+        url = normalise_url(url)
+        path = sqlite_file(url)
+        if path is not None:
+            create_private_file(path)
+        engine = build_engine(url)
+        try:
+            revision = schema.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, url, revision)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _writing(self):
+        return self._write_lock if self._write_lock is not None else _NO_LOCK
+
+    def _upsert_model(self, connection, sha256: str, seen: datetime, manifest: dict | None) -> None:
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = dialect_insert(ModelVersionRow).values(
+            sha256=sha256, manifest=manifest, first_seen=seen, last_seen=seen
+        )
+        excluded = statement.excluded
+        updates: dict[str, Any] = {
+            # greatest/least keep first/last seen right when rows arrive out of order
+            "first_seen": func.min(ModelVersionRow.first_seen, excluded.first_seen)
+            if self.dialect == "sqlite"
+            else func.least(ModelVersionRow.first_seen, excluded.first_seen),
+            "last_seen": func.max(ModelVersionRow.last_seen, excluded.last_seen)
+            if self.dialect == "sqlite"
+            else func.greatest(ModelVersionRow.last_seen, excluded.last_seen),
+        }
+        if manifest is not None:
+            updates["manifest"] = excluded.manifest
+        connection.execute(statement.on_conflict_do_update(index_elements=["sha256"], set_=updates))
+
+    def register_model(
+        self, sha256: str, manifest: dict | None, at: datetime | None = None
+    ) -> None:
+        """Record a model version (and its manifest) as seen now, e.g. when the node loads it."""
+        seen = to_utc_naive(at) if at is not None else utcnow()
+        with self._writing(), self._write_engine.begin() as connection:
+            self._upsert_model(connection, sha256, seen, manifest)
+
+    def record_instance(self, entry: InstanceLogEntry) -> int:
+        """Append one decision; return its row id."""
+        if entry.action not in ACTIONS:
+            raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
+        values = asdict(entry)
+        values["received_at"] = to_utc_naive(entry.received_at)
+        values["routing"] = entry.routing or {}
+        with self._writing(), self._write_engine.begin() as connection:
+            row_id = connection.execute(
+                insert(InstanceRow).values(**values).returning(InstanceRow.id)
+            ).scalar_one()
+            if entry.model_sha256:
+                self._upsert_model(connection, entry.model_sha256, values["received_at"], None)
+        return int(row_id)
+
+    def record_forward(
+        self,
+        instance_id: int | None,
+        sop_instance_uid: str,
+        destination: str,
+        outcome: str,
+        dimse_status: int | None,
+        detail: str | None,
+        attempt: int,
+        at: datetime,
+    ) -> None:
+        """Append one delivery attempt; without an instance id, link the newest row of the SOP."""
+        if outcome not in FORWARD_OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} is not one of {', '.join(FORWARD_OUTCOMES)}")
+        with self._writing(), self._write_engine.begin() as connection:
+            if instance_id is None:
+                instance_id = connection.execute(
+                    select(func.max(InstanceRow.id)).where(
+                        InstanceRow.sop_instance_uid == sop_instance_uid
+                    )
+                ).scalar_one_or_none()
+            connection.execute(
+                insert(ForwardAttemptRow).values(
+                    instance_id=instance_id,
+                    sop_instance_uid=sop_instance_uid,
+                    destination=destination,
+                    outcome=outcome,
+                    dimse_status=dimse_status,
+                    detail=detail,
+                    attempt=attempt,
+                    at=to_utc_naive(at),
+                )
+            )
+
+    def purge(
+        self,
+        older_than: timedelta | float,
+        now: datetime | None = None,
+        requested_by: str | None = None,
+    ) -> PurgeResult:
+        """Delete instances received before now - older_than (days if a number), with their
+        delivery attempts, and record the purge itself."""
+        age = older_than if isinstance(older_than, timedelta) else timedelta(days=older_than)
+        if age < timedelta(0):
+            raise ValueError("retention age must not be negative")
+        at = to_utc_naive(now) if now is not None else utcnow()
+        cutoff = at - age
+        old_ids = select(InstanceRow.id).where(InstanceRow.received_at < cutoff)
+        with self._writing(), self._write_engine.begin() as connection:
+            attempts = connection.execute(
+                delete(ForwardAttemptRow).where(
+                    or_(
+                        ForwardAttemptRow.instance_id.in_(old_ids),
+                        (ForwardAttemptRow.instance_id.is_(None)) & (ForwardAttemptRow.at < cutoff),
+                    )
+                )
+            ).rowcount
+            instances = connection.execute(
+                delete(InstanceRow).where(InstanceRow.received_at < cutoff)
+            ).rowcount
+            days = age.total_seconds() / 86400
+            connection.execute(
+                insert(PurgeRow).values(
+                    at=at,
+                    older_than_days=days,
+                    cutoff=cutoff,
+                    instances_deleted=instances,
+                    forward_attempts_deleted=attempts,
+                    requested_by=requested_by,
+                )
+            )
+        return PurgeResult(from_stored(at), from_stored(cutoff), days, instances, attempts)
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()

@@ -1,0 +1,230 @@
+"""The log store on SQLite and a real PostgreSQL: schema, append-only writes, models, retention."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from dicomnode.logdb import schema
+from dicomnode.logdb.models import InstanceRow, ModelVersionRow
+from dicomnode.logdb.store import LogStore
+from tests.logdb_helpers import MODEL_A, MODEL_B, make_entry
+
+pytest_plugins = ["tests.fixtures_postgres"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log' / 'dicomnode-log.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(db_url):
+    log = LogStore.open(db_url)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def fetch(store: LogStore, sql: str, **params) -> list:
+    with store.engine.connect() as connection:
+        return list(connection.execute(sa.text(sql), params))
+
+
+def test_sqlite_file_is_private_in_wal_mode_and_parent_is_created(tmp_path):
+    path = tmp_path / "nested" / "dir" / "log.db"
+    with LogStore.open(f"sqlite:///{path}") as log:
+        log.record_instance(make_entry(1))
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        for sidecar in (path.with_name("log.db-wal"), path.with_name("log.db-shm")):
+            if sidecar.exists():  # SQLite gives them the main file's mode
+                assert stat.S_IMODE(os.stat(sidecar).st_mode) == 0o600
+        assert fetch(log, "PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_bare_path_is_an_sqlite_database(tmp_path):
+    with LogStore.open(str(tmp_path / "bare.db")) as log:
+        assert log.dialect == "sqlite"
+    assert stat.S_IMODE(os.stat(tmp_path / "bare.db").st_mode) == 0o600
+
+
+def test_record_instance_appends_rows_with_ids(store):
+    first = store.record_instance(make_entry(1))
+    second = store.record_instance(make_entry(2, action="uncertain", label=None, confidence=0.51))
+    assert second > first
+    rows = fetch(
+        store, "SELECT id, sop_instance_uid, action, confidence FROM instances ORDER BY id"
+    )
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (first, make_entry(1).sop_instance_uid, "written"),
+        (second, make_entry(2).sop_instance_uid, "uncertain"),
+    ]
+    assert rows[1][3] == pytest.approx(0.51)
+
+
+def test_times_are_stored_as_utc(store):
+    local = timezone(timedelta(hours=2))
+    store.record_instance(make_entry(1, received_at=datetime(2026, 11, 20, 10, 0, tzinfo=local)))
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.select(InstanceRow.received_at)).scalar_one()
+    assert stored == datetime(2026, 11, 20, 8, 0)
+
+
+def test_instance_rows_refuse_update(store):
+    store.record_instance(make_entry(1))
+    with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE instances SET label = 'LA'"))
+    assert fetch(store, "SELECT label FROM instances")[0][0] == "AP"
+
+
+def test_unknown_action_and_outcome_are_refused(store):
+    with pytest.raises(ValueError, match="action 'guessed'"):
+        store.record_instance(make_entry(1, action="guessed"))
+    with pytest.raises(ValueError, match="outcome 'lost'"):
+        store.record_forward(None, "1.2.3", "PACS", "lost", None, None, 1, datetime.now())
+    assert fetch(store, "SELECT count(*) FROM instances")[0][0] == 0
+
+
+def test_model_versions_track_first_and_last_seen_and_manifest(store):
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    store.record_instance(make_entry(1, received_at=t0 + timedelta(days=2)))
+    store.record_instance(make_entry(2, received_at=t0))  # arrives late, older
+    store.record_instance(make_entry(3, received_at=t0 + timedelta(days=5)))
+    store.record_instance(make_entry(4, received_at=t0, model_sha256=MODEL_B))
+    store.register_model(MODEL_A, {"variant": "int8", "labels": ["AP", "LA"]}, at=t0)
+    with store.engine.connect() as connection:
+        rows = {row.sha256: row for row in connection.execute(sa.select(ModelVersionRow))}
+    assert set(rows) == {MODEL_A, MODEL_B}
+    assert rows[MODEL_A].first_seen == datetime(2026, 11, 1)
+    assert rows[MODEL_A].last_seen == datetime(2026, 11, 6)
+    assert rows[MODEL_A].manifest["variant"] == "int8"
+    assert rows[MODEL_B].manifest is None
+
+
+def test_record_forward_links_by_sop_uid_when_no_id(store):
+    entry = make_entry(7)
+    instance_id = store.record_instance(entry)
+    now = datetime.now(timezone.utc)
+    store.record_forward(None, entry.sop_instance_uid, "PACS", "retry", 0xA700, "out of resources",
+                         1, now)
+    store.record_forward(instance_id, entry.sop_instance_uid, "PACS", "sent", 0, None, 2, now)
+    store.record_forward(None, "9.9.9", "ARCHIVE", "failed", None, "refused", 1, now)
+    rows = fetch(
+        store,
+        "SELECT instance_id, destination, outcome, dimse_status, attempt FROM forward_attempts "
+        "ORDER BY id",
+    )
+    assert [tuple(r) for r in rows] == [
+        (instance_id, "PACS", "retry", 0xA700, 1),
+        (instance_id, "PACS", "sent", 0, 2),
+        (None, "ARCHIVE", "failed", None, 1),
+    ]
+
+
+def test_purge_deletes_old_rows_and_records_itself(store):
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+    old = store.record_instance(make_entry(1, received_at=now - timedelta(days=40)))
+    store.record_instance(make_entry(2, received_at=now - timedelta(days=10)))
+    store.record_forward(old, make_entry(1).sop_instance_uid, "PACS", "sent", 0, None, 1,
+                         now - timedelta(days=40))
+    result = store.purge(30, now=now, requested_by="test")
+    assert (result.instances_deleted, result.forward_attempts_deleted) == (1, 1)
+    assert result.cutoff == now - timedelta(days=30)
+    assert [r[0] for r in fetch(store, "SELECT sop_instance_uid FROM instances")] == [
+        make_entry(2).sop_instance_uid
+    ]
+    purges = fetch(store, "SELECT older_than_days, instances_deleted, requested_by FROM purges")
+    assert [tuple(r) for r in purges] == [(30.0, 1, "test")]
+
+
+def test_schema_newer_than_known_is_refused(db_url):
+    LogStore.open(db_url).close()
+    engine = sa.create_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
+    engine.dispose()
+    with pytest.raises(schema.SchemaTooNewError, match="9999_future"):
+        LogStore.open(db_url)
+
+
+def test_reopen_keeps_rows_and_schema_at_head(db_url):
+    with LogStore.open(db_url) as log:
+        log.record_instance(make_entry(1))
+    with LogStore.open(db_url) as log:
+        assert log.revision == schema.head_revision()
+        assert fetch(log, "SELECT count(*) FROM instances")[0][0] == 1
+
+
+def test_worker_threads_write_concurrently(store):
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for n in range(offset, offset + 25):
+                ids.append(store.record_instance(make_entry(n)))
+                store.record_forward(ids[-1], make_entry(n).sop_instance_uid, "PACS", "sent", 0,
+                                     None, 1, datetime.now(timezone.utc))
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k * 100,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(ids)) == 100
+    assert fetch(store, "SELECT count(*) FROM forward_attempts")[0][0] == 100
+
+
+def write_as_node(url: str, node: str, count: int, barrier) -> None:
+    """One node: its own process, its own LogStore, opened at the same moment as the other."""
+    barrier.wait()
+    with LogStore.open(url) as log:
+        for n in range(count):
+            entry = make_entry(n, calling_ae=node, sop_instance_uid=f"2.25.{abs(hash(node))}.{n}")
+            instance_id = log.record_instance(entry)
+            log.record_forward(instance_id, entry.sop_instance_uid, "PACS", "sent", 0, None, 1,
+                               datetime.now(timezone.utc))
+
+
+def test_two_nodes_in_separate_processes_keep_a_complete_log(db_url):
+    count = 150
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a second node would be
+    barrier = context.Barrier(2)
+    nodes = [
+        context.Process(target=write_as_node, args=(db_url, name, count, barrier))
+        for name in ("NODE_A", "NODE_B")
+    ]
+    for process in nodes:
+        process.start()
+    for process in nodes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in nodes] == [0, 0]
+    with LogStore.open(db_url) as log:
+        per_node = dict(
+            fetch(log, "SELECT calling_ae, count(DISTINCT sop_instance_uid) FROM instances "
+                       "GROUP BY calling_ae")
+        )
+        assert per_node == {"NODE_A": count, "NODE_B": count}
+        assert fetch(log, "SELECT count(*) FROM instances")[0][0] == 2 * count
+        # every delivery points at the row of its own instance
+        mismatched = fetch(
+            log,
+            "SELECT count(*) FROM forward_attempts f JOIN instances i ON i.id = f.instance_id "
+            "WHERE i.sop_instance_uid <> f.sop_instance_uid",
+        )[0][0]
+        assert mismatched == 0
+        assert fetch(log, "SELECT count(*) FROM forward_attempts")[0][0] == 2 * count
+        assert fetch(log, "SELECT count(*) FROM model_versions")[0][0] == 1
