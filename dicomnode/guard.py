@@ -1,0 +1,344 @@
+"""Hostile-input guards for the classify stage: size limits before decoding, and decoding in a
+separate process with a time and memory limit.
+
+Two layers, because they protect against different things:
+
+* `check_file` / `check_dataset` read only headers (DICOM elements, codestream SOF/SIZ markers,
+  a counting pass over deflated data) and refuse images whose pixels would expand past
+  `Limits.max_pixel_bytes`. They are cheap and run in the node's own process.
+* `IsolatedDecoder` runs read + guard + `preprocess_dataset` in a long-lived child process. A C
+  decoder stuck in a loop cannot be interrupted from a Python thread, so the only reliable way
+  to bound an image's processing time is a process we can kill: on timeout the child is killed
+  and replaced, the image raises `DecodeTimeout`, and the queue moves on. The child also runs
+  under an address-space limit (RLIMIT_AS), so a decode that slips past the header checks hits
+  MemoryError there instead of exhausting the node. The child is reused between images; one
+  spawn (about a second of imports) is paid at start and after each kill, not per image.
+
+Every error here subclasses `PreprocessError`, which the pipeline already records as
+`unreadable` before forwarding the original file untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import zlib
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
+
+from dicomnode.preprocess import PreprocessError
+
+LOGGER = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# What a deflated dataset may hold besides pixels (overlays, private blobs, icons).
+NON_PIXEL_ALLOWANCE = 16 * MiB
+_CODESTREAM_SYNTAXES = frozenset(
+    [*JPEG2000TransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes]
+)
+
+
+class GuardError(PreprocessError):
+    """The image was refused or abandoned by a guard (it is logged unreadable, then forwarded)."""
+
+
+class ImageTooLarge(GuardError):
+    """Declared or codestream-declared pixel size exceeds Limits.max_pixel_bytes."""
+
+
+class DecodeTimeout(GuardError):
+    """Processing one image took longer than Limits.timeout_s; the worker was killed."""
+
+
+class DecoderCrashed(GuardError):
+    """The decode worker died (signal, memory limit) while processing the image."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    # 512 MiB of decoded pixels is ~10x the largest single radiograph (43x43 cm at 100 um, 16-bit
+    # is ~37 MiB) and still leaves room on an 8 GB Jetson for the float copies windowing makes.
+    max_pixel_bytes: int = 512 * MiB
+    timeout_s: float = 30.0
+    # Address-space cap of the decode worker; None disables it. Virtual size, not resident:
+    # numpy/OpenBLAS and the decoders map a few hundred MiB before touching any pixel.
+    worker_memory_bytes: int | None = 4096 * MiB
+
+
+# --- header-only checks -----------------------------------------------------------------------
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword, default)
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError) as exc:
+        raw = ds.get_item(keyword) if keyword in ds else None
+        shown = raw.value if raw is not None else None
+        raise GuardError(f"{keyword} is not a number: {shown!r}") from exc
+
+
+def declared_pixel_bytes(ds: Dataset) -> int:
+    """rows x columns x frames x samples x bits allocated / 8, from the dataset's elements."""
+    rows = _int(ds, "Rows", 0)
+    columns = _int(ds, "Columns", 0)
+    frames = _int(ds, "NumberOfFrames", 1) or 1
+    samples = _int(ds, "SamplesPerPixel", 1) or 1
+    bits = _int(ds, "BitsAllocated", 8) or 8
+    if min(rows, columns, frames, samples, bits) < 0:
+        raise GuardError(f"negative image dimension: {rows}x{columns}x{frames}x{samples}x{bits}")
+    return rows * columns * frames * samples * ((bits + 7) // 8)
+
+
+def _codestream_pixel_bytes(codestream: bytes, syntax: str) -> int | None:
+    """Bytes one compressed frame decodes to, per its own header; None when not readable.
+
+    The decoder allocates what the codestream says, not what Rows/Columns say, so a small
+    dataset header over a 65535x65535 codestream is the decompression bomb this catches.
+    """
+    if syntax in JPEG2000TransferSyntaxes:
+        from openjpeg import get_parameters  # header only (opj_read_header)
+
+        try:
+            info = get_parameters(codestream)
+        except Exception:
+            return None
+        rows, columns = info["rows"], info["columns"]
+        samples, precision = info["samples_per_pixel"], info["precision"]
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        from pydicom.pixels.utils import _get_jpg_parameters  # SOF/SOF55 marker, no decode
+
+        info = _get_jpg_parameters(codestream)
+        if not info:
+            return None
+        rows, columns = info["height"], info["width"]
+        samples, precision = info["components"], info["precision"]
+    else:
+        return None  # RLE and native: decoders size their output from Rows/Columns
+    return rows * columns * samples * ((precision + 7) // 8)
+
+
+def check_dataset(ds: Dataset, limits: Limits) -> None:
+    """Raise ImageTooLarge when decoding `ds` would expand past the limit."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return
+    declared = declared_pixel_bytes(ds)
+    if declared > limits.max_pixel_bytes:
+        raise ImageTooLarge(
+            f"declared pixel data {declared / MiB:.0f} MiB exceeds the "
+            f"{limits.max_pixel_bytes / MiB:.0f} MiB limit"
+        )
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    if syntax not in _CODESTREAM_SYNTAXES or "PixelData" not in ds:
+        return
+    frames = _int(ds, "NumberOfFrames", 1) or 1
+    expanded = 0
+    try:
+        for codestream in generate_frames(ds.PixelData, number_of_frames=frames):
+            frame_bytes = _codestream_pixel_bytes(codestream, syntax)
+            expanded += frame_bytes or 0
+            if expanded > limits.max_pixel_bytes:
+                raise ImageTooLarge(
+                    f"compressed pixel data would expand past the "
+                    f"{limits.max_pixel_bytes / MiB:.0f} MiB limit (codestream headers declare "
+                    f"more than the dataset's {declared / MiB:.1f} MiB)"
+                )
+    except GuardError:
+        raise
+    except Exception:  # malformed encapsulation: the decoder reports it with a clearer message
+        return
+
+
+def check_file(path: str | Path, limits: Limits) -> None:
+    """File-level checks before a full read: a deflated dataset is inflated once, counting and
+    discarding the output, so a zip bomb is refused before pydicom inflates it into memory."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[(0x0002, 0x0010)])
+        syntax = str(meta.file_meta.get("TransferSyntaxUID", ""))
+    except Exception:
+        return  # not readable as DICOM here; the full read reports the error
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    # The deflated stream starts after the file meta group; its length is in the group header.
+    with path.open("rb") as handle:
+        data = handle.read()
+    start = _end_of_file_meta(data)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    budget = limits.max_pixel_bytes + NON_PIXEL_ALLOWANCE
+    produced = 0
+    chunk = 1 * MiB
+    pending = data[start:]
+    try:
+        # max_length keeps each step to one chunk of output; stop at the budget or when the
+        # stream yields nothing more.
+        while produced <= budget:
+            out = inflater.decompress(pending, chunk)
+            produced += len(out)
+            pending = inflater.unconsumed_tail
+            if not out:
+                break
+    except zlib.error:
+        return  # corrupt: pydicom's own read raises the error the log should show
+    if produced > budget:
+        raise ImageTooLarge(f"deflated dataset inflates past {budget / MiB:.0f} MiB (zip bomb?)")
+
+
+def _end_of_file_meta(data: bytes) -> int:
+    """Offset just after the file meta group (preamble + DICM + group 0002)."""
+    offset = 132
+    if data[128:132] != b"DICM":
+        return 0
+    while data[offset : offset + 2] == b"\x02\x00":
+        vr = data[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = int.from_bytes(data[offset + 8 : offset + 12], "little")
+            offset += 12 + length
+        else:
+            length = int.from_bytes(data[offset + 6 : offset + 8], "little")
+            offset += 8 + length
+    return offset
+
+
+# --- the isolated decoder ---------------------------------------------------------------------
+
+
+def guarded_preprocess_file(path: str | Path, limits: Limits):
+    """read -> guard -> preprocess in the current process (what the worker runs per image)."""
+    import pydicom
+
+    from dicomnode.preprocess import preprocess_dataset
+
+    check_file(path, limits)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise PreprocessError(f"cannot read DICOM: {exc}") from exc
+    check_dataset(ds, limits)
+    return preprocess_dataset(ds)
+
+
+def _worker_main(conn: Connection, limits: Limits) -> None:
+    import dicomnode.preprocess  # noqa: F401  (import before "ready": not part of any timeout)
+
+    if limits.worker_memory_bytes:
+        import resource
+
+        resource.setrlimit(
+            resource.RLIMIT_AS, (limits.worker_memory_bytes, limits.worker_memory_bytes)
+        )
+    conn.send(("ready",))
+    while True:
+        try:
+            path = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", guarded_preprocess_file(path, limits)))
+        except PreprocessError as exc:
+            conn.send(("error", type(exc).__name__, str(exc)))
+        except MemoryError:
+            conn.send(("error", "DecoderCrashed", "decode exceeded the worker memory limit"))
+        except Exception as exc:  # a decoder bug must not kill the worker silently
+            conn.send(("error", "PreprocessError", f"{type(exc).__name__}: {exc}"))
+
+
+WORKER_START_TIMEOUT_S = 120.0  # a cold start on a Jetson SD card imports slowly
+
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (PreprocessError, GuardError, ImageTooLarge, DecodeTimeout, DecoderCrashed)
+}
+
+
+class IsolatedDecoder:
+    """`preprocess_file(path)` in a killable child process with a timeout.
+
+    Thread-safe (one image at a time per instance); give each pipeline worker its own instance
+    for parallel decoding. Use as a context manager or call close().
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._context = multiprocessing.get_context("spawn")  # safe beside pynetdicom threads
+        self._lock = threading.Lock()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self.restarts = 0
+
+    def _ensure_worker(self) -> Connection:
+        if self._process is None or not self._process.is_alive():
+            self._stop_worker()
+            parent, child = self._context.Pipe()
+            process = self._context.Process(
+                target=_worker_main, args=(child, self.limits), daemon=True,
+                name="dicomnode-decode",
+            )  # fmt: skip
+            process.start()
+            child.close()
+            self._process, self._conn = process, parent
+            try:
+                ready = parent.poll(WORKER_START_TIMEOUT_S) and parent.recv() == ("ready",)
+            except (EOFError, OSError):
+                ready = False
+            if not ready:
+                self._stop_worker()
+                raise DecoderCrashed("decode worker did not start")
+        assert self._conn is not None
+        return self._conn
+
+    def _stop_worker(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(5)
+        self._process = self._conn = None
+
+    def preprocess_file(self, path: str | Path):
+        """uint8 (224, 224) for the DICOM file at `path`, or a PreprocessError subclass."""
+        with self._lock:
+            conn = self._ensure_worker()
+            conn.send(str(path))
+            if not conn.poll(self.limits.timeout_s):
+                LOGGER.warning(
+                    "decoding %s took over %.1f s; killing the decode worker", path,
+                    self.limits.timeout_s,
+                )  # fmt: skip
+                self._stop_worker()
+                self.restarts += 1
+                raise DecodeTimeout(f"processing exceeded {self.limits.timeout_s:g} s")
+            try:
+                reply = conn.recv()
+            except (EOFError, OSError) as exc:
+                self._stop_worker()
+                self.restarts += 1
+                raise DecoderCrashed("decode worker died while processing the image") from exc
+        if reply[0] == "ok":
+            return reply[1]
+        raise _ERRORS.get(reply[1], PreprocessError)(reply[2])
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_worker()
+
+    def __enter__(self) -> IsolatedDecoder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
