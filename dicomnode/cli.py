@@ -1,0 +1,232 @@
+"""Command line: `dicomnode serve | classify | echo` (typer).
+
+Other modules mount their command groups on `app` with app.add_typer. Flags override the
+config file, as DCMTK users expect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomnode.config import (
+    ConfigError,
+    DicomDestination,
+    FolderDestination,
+    NodeConfig,
+    load_config,
+)
+from dicomnode.logdb.cli import log_app
+
+app = typer.Typer(
+    help="dicomnode: an edge DICOM node that tags X-ray views (frontal AP / lateral).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(log_app, name="log")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: the embedded config/dicomnode.yaml)"
+    ),
+]
+
+
+def _load(config: Path | None) -> NodeConfig:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        typer.echo(f"dicomnode: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def apply_overrides(
+    config: NodeConfig,
+    host: str | None = None,
+    port: int | None = None,
+    ae_title: str | None = None,
+    outbox: Path | None = None,
+    db: str | None = None,
+) -> NodeConfig:
+    """Command-line flags over the file's values (re-validated, so bad flags fail like bad YAML)."""
+    data = config.model_dump()
+    receive = data["receive"]
+    if host is not None:
+        receive["host"] = host
+    if port is not None:
+        receive["port"] = port
+    if ae_title is not None:
+        receive["ae_title"] = ae_title
+    if db is not None:
+        data["log"]["url"] = db
+    if outbox is not None:
+        # --outbox adds a folder destination (or moves the one called "outbox")
+        data["destinations"] = [d for d in data["destinations"] if d["name"] != "outbox"]
+        data["destinations"].append({"name": "outbox", "type": "folder", "path": outbox})
+    try:
+        return NodeConfig.model_validate(data)
+    except ValueError as exc:
+        typer.echo(f"dicomnode: invalid option: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port to listen on")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="the node's AE title")] = None,
+    outbox: Annotated[
+        Path | None, typer.Option(help="add a folder destination writing here")
+    ] = None,
+    db: Annotated[str | None, typer.Option(help="log database URL (SQLAlchemy)")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Run the node: receive, classify, tag, log and forward until Ctrl-C / SIGTERM."""
+    from dicomnode.node import Node
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    node_config = apply_overrides(_load(config), host, port, ae_title, outbox, db)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    node = Node(node_config)
+    try:
+        node.start()
+    except Exception as exc:
+        typer.echo(f"dicomnode: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+    host_, port_ = node.address
+    dests = ", ".join(d.name for d in node_config.destinations) or "none"
+    typer.echo(
+        f"dicomnode: {node_config.receive.ae_title} listening on {host_}:{port_}; "
+        f"spool {node_config.spool.path}; log {node_config.log.url}; destinations: {dests}",
+        err=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files")],
+    config: ConfigOption = None,
+    models_dir: Annotated[Path | None, typer.Option(help="folder with manifest.json")] = None,
+    variant: Annotated[str | None, typer.Option(help="model variant in the manifest")] = None,
+) -> None:
+    """Classify files; one JSON line per file (path, label, probabilities, confidence,
+    model_sha256, ms). Same preprocessing and model code as the node."""
+    from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier
+    from dicomnode.preprocess import PreprocessError, preprocess_file
+
+    node_config = _load(config)
+    try:
+        classifier = ViewClassifier.from_manifest(
+            models_dir or node_config.classify.models_dir or DEFAULT_MODELS_DIR,
+            variant or node_config.classify.variant,
+        )
+    except ModelError as exc:
+        typer.echo(f"dicomnode: {exc}", err=True)
+        raise typer.Exit(1) from None
+    failed = 0
+    for path in paths:
+        try:
+            prediction = classifier.predict(preprocess_file(path))
+        except (PreprocessError, OSError) as exc:
+            failed += 1
+            typer.echo(json.dumps({"path": str(path), "error": str(exc)}))
+            continue
+        line = {
+            "path": str(path),
+            "label": prediction.label,
+            "probabilities": prediction.probabilities,
+            "confidence": prediction.confidence,
+            "model_sha256": classifier.sha256,
+            "ms": round(prediction.inference_ms, 3),
+        }
+        typer.echo(json.dumps(line))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def echo(
+    destination: Annotated[
+        str | None,
+        typer.Argument(help="a destination name from the config; default: the node itself"),
+    ] = None,
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="peer host (instead of a name)")] = None,
+    port: Annotated[int | None, typer.Option(help="peer port")] = None,
+    called_ae: Annotated[str | None, typer.Option("--called-ae", help="peer AE title")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
+) -> None:
+    """C-ECHO a DICOM destination (or the node's own listener) and print the status."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    from dicomnode.receive import set_tcp_nodelay
+
+    node_config = _load(config)
+    calling = node_config.receive.ae_title
+    if destination is not None:
+        try:
+            dest = node_config.destination(destination)
+        except KeyError:
+            names = [d.name for d in node_config.destinations]
+            typer.echo(f"dicomnode: no destination {destination!r}; known: {names}", err=True)
+            raise typer.Exit(2) from None
+        if isinstance(dest, FolderDestination):
+            ok = Path(dest.path).is_dir() or not Path(dest.path).exists()
+            typer.echo(f"{dest.name}: folder {dest.path} ({'ok' if ok else 'not a folder'})")
+            raise typer.Exit(0 if ok else 1)
+        assert isinstance(dest, DicomDestination)
+        target = (dest.host, dest.port, dest.ae_title)
+        calling = dest.calling_ae_title or calling
+    else:
+        recv = node_config.receive
+        target = (
+            recv.host if recv.host not in ("0.0.0.0", "") else "127.0.0.1",
+            recv.port,
+            recv.ae_title,
+        )
+    target = (host or target[0], port or target[1], called_ae or target[2])
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        target[0],
+        target[1],
+        ae_title=target[2],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+    )
+    if not assoc.is_established:
+        typer.echo(f"C-ECHO {target[2]}@{target[0]}:{target[1]}: association failed", err=True)
+        raise typer.Exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = int(status.Status) if "Status" in status else None
+    ok = code == 0
+    shown = f"0x{code:04X}" if code is not None else "no response"
+    typer.echo(
+        f"C-ECHO {target[2]}@{target[0]}:{target[1]}: {'success' if ok else 'failed'} ({shown})"
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

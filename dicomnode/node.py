@@ -1,0 +1,129 @@
+"""The node: wires receive -> spool -> pipeline (classify, tag, log, route) -> forwarders, and owns
+their lifecycle. Start-up order makes the first image cost what the hundredth does: log database,
+classifiers (loaded and warmed), spool resume, forwarders, and only then the listening socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from dicomnode.classify import DEFAULT_MODELS_DIR, ViewClassifier
+from dicomnode.config import NodeConfig
+from dicomnode.forward import Forwarder
+from dicomnode.pipeline import Pipeline
+from dicomnode.receive import Receiver
+from dicomnode.spool import OUTGOING, Spool
+
+log = logging.getLogger(__name__)
+
+
+def open_log_store(url: str) -> Any:
+    from dicomnode.logdb.store import LogStore
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return LogStore.open(url)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, log_store: Any = None) -> None:
+        self.config = config
+        self.spool = Spool(config.spool.path)
+        self._own_store = log_store is None
+        self.log_store = log_store
+        self.forwarders: dict[str, Forwarder] = {}
+        self.pipeline: Pipeline | None = None
+        self.receiver: Receiver | None = None
+
+    def _classifier(self) -> ViewClassifier:
+        models_dir = self.config.classify.models_dir or DEFAULT_MODELS_DIR
+        return ViewClassifier.from_manifest(
+            Path(models_dir),
+            self.config.classify.variant,
+            num_threads=self.config.classify.threads_per_worker,
+        )
+
+    def start(self) -> Node:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        names = [d.name for d in self.config.destinations]
+        self.spool.ensure(names)
+        if self.log_store is None:
+            self.log_store = open_log_store(self.config.log.url)
+        for dest in self.config.destinations:
+            self.forwarders[dest.name] = Forwarder(
+                dest, self.spool, self.log_store, self.config.receive.ae_title
+            )
+        self.pipeline = Pipeline(
+            self.config,
+            self.spool,
+            self.log_store,
+            on_dispatched=self._wake_forwarders,
+            classifier_factory=self._classifier,
+        )
+        self.pipeline.start()  # loads + warms the model before the port opens
+        for forwarder in self.forwarders.values():
+            forwarder.start()
+        self.receiver = Receiver(self.config.receive, self.spool, self.pipeline.submit)
+        self.receiver.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.receiver is not None, "node not started"
+        return self.receiver.address
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def _wake_forwarders(self, destinations: list[str]) -> None:
+        for name in destinations:
+            forwarder = self.forwarders.get(name)
+            if forwarder is not None:
+                forwarder.wake()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """True once everything received has been processed and every destination drained or
+        parked for retry (tests and the CLI's `--exit-when-idle` style helpers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pipeline_idle = self.pipeline is None or self.pipeline.idle()
+            outgoing = any(self.spool.names(OUTGOING, n) for n in self.forwarders)
+            if pipeline_idle and not outgoing:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        # Reverse order: stop accepting, let workers finish the file in hand, then forwarders.
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        for forwarder in self.forwarders.values():
+            if forwarder.is_alive():
+                forwarder.stop()
+        self.forwarders.clear()
+        if self._own_store and self.log_store is not None:
+            self.log_store.close()
+            self.log_store = None
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,252 @@
+"""Pipeline: the worker threads that take spooled instances in arrival order and run
+classify -> tag -> log -> route, then hand the result to the forwarders.
+
+Each worker owns one warmed ViewClassifier (LiteRT interpreters are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomnode import route as routing
+from dicomnode import tag
+from dicomnode.classify import Prediction, ViewClassifier
+from dicomnode.config import LogConfig, NodeConfig
+from dicomnode.logdb.entry import InstanceLogEntry
+from dicomnode.preprocess import PreprocessError, preprocess_dataset
+from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class InstanceLog(Protocol):
+    def record_instance(self, entry: InstanceLogEntry) -> int: ...
+
+
+def patient_id_for_log(patient_id: str | None, config: LogConfig) -> str | None:
+    if not patient_id or config.patient_id == "omit":
+        return None
+    if config.patient_id == "hash":
+        return hashlib.sha256((config.patient_id_salt + patient_id).encode()).hexdigest()
+    return patient_id
+
+
+def _text(ds: Dataset | None, keyword: str) -> str | None:
+    if ds is None:
+        return None
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed element: the log says None rather than the worker dying
+        return None
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _parse_time(text: str | None) -> datetime:
+    try:
+        return datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return datetime.now(timezone.utc)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: NodeConfig,
+        spool: Spool,
+        instance_log: InstanceLog | None,
+        on_dispatched: Callable[[list[str]], None],
+        classifier_factory: Callable[[], ViewClassifier] | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.instance_log = instance_log
+        self.on_dispatched = on_dispatched
+        self.classifier_factory = classifier_factory
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._workers: list[threading.Thread] = []
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    @property
+    def classifies(self) -> bool:
+        return bool(self.config.classify.modalities)
+
+    def start(self) -> None:
+        """Load and warm one classifier per worker, then resume what the spool holds."""
+        classifiers: list[ViewClassifier | None] = []
+        for _ in range(self.config.classify.workers):
+            if self.classifies and self.classifier_factory is not None:
+                classifiers.append(self.classifier_factory())
+            else:
+                classifiers.append(None)
+        resumed = self.spool.resume()
+        for name in self.spool.names(INCOMING):
+            self._queue.put(name)
+        if resumed:
+            log.info("resumed %d instances left in processing/", resumed)
+        for index, classifier in enumerate(classifiers):
+            worker = threading.Thread(
+                target=self._work, args=(classifier,), name=f"classify-{index}", daemon=True
+            )
+            worker.start()
+            self._workers.append(worker)
+
+    def submit(self, path: Path) -> None:
+        self._queue.put(path.stem)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for _ in self._workers:
+            self._queue.put(_STOP)
+        for worker in self._workers:
+            worker.join(timeout)
+        self._workers.clear()
+
+    def idle(self) -> bool:
+        with self._busy_lock:
+            busy = self._busy
+        return busy == 0 and self._queue.empty() and not self.spool.names(INCOMING)
+
+    def _work(self, classifier: ViewClassifier | None) -> None:
+        while True:
+            name = self._queue.get()
+            if name is _STOP:
+                return
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self.process(name, classifier)
+            except Exception as exc:  # a bug must not stop the worker or lose the instance
+                log.exception("pipeline failed on %s", name)
+                meta = self.spool.read_meta(self.spool.dir(PROCESSING) / f"{name}.dcm")
+                try:
+                    self.spool.fail_processing(name, f"{type(exc).__name__}: {exc}", meta)
+                except OSError:
+                    log.exception("could not move %s to failed/", name)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def process(self, name: str, classifier: ViewClassifier | None) -> InstanceLogEntry | None:
+        path = self.spool.claim(name)
+        if path is None:  # another worker has it, or it was queued twice
+            return None
+        started = time.perf_counter()
+        meta = self.spool.read_meta(path)
+        entry = InstanceLogEntry(
+            received_at=_parse_time(meta.get("received_at")),
+            calling_ae=str(meta.get("calling_ae", "")),
+            called_ae=str(meta.get("called_ae", "")),
+            peer_address=str(meta.get("peer_address", "")),
+            sop_class_uid=str(meta.get("sop_class_uid", "")),
+            sop_instance_uid=str(meta.get("sop_instance_uid", "")),
+            study_instance_uid=None,
+            series_instance_uid=None,
+            modality=None,
+            patient_id=None,
+            transfer_syntax_uid=meta.get("transfer_syntax_uid"),
+            action="skipped",
+            spool_path=str(path),
+        )
+        payload = path
+        ds: Dataset | None = None
+        try:
+            ds = pydicom.dcmread(path)
+            self._describe(entry, ds)
+        except Exception as exc:
+            ds = None
+            entry.action = "unreadable"
+            entry.error = f"cannot parse dataset: {type(exc).__name__}: {exc}"
+        if ds is not None and (entry.modality or "").upper() in self._modalities():
+            payload = self._classify_and_tag(name, path, ds, entry, classifier, meta)
+        entry.processing_ms = (time.perf_counter() - started) * 1000.0
+        decision = routing.route(self.config, entry, ds)
+        entry.routing = decision.as_log()
+        instance_id = None
+        if self.instance_log is not None:
+            try:
+                instance_id = self.instance_log.record_instance(entry)
+            except Exception:  # the image still goes on; the failure is in the node's log
+                log.exception("could not log %s", entry.sop_instance_uid)
+        meta = {**meta, "instance_id": instance_id, "action": entry.action}
+        self.spool.dispatch(name, payload, decision.destinations, meta)
+        self.on_dispatched(decision.destinations)
+        return entry
+
+    def _modalities(self) -> set[str]:
+        return {m.upper() for m in self.config.classify.modalities}
+
+    def _describe(self, entry: InstanceLogEntry, ds: Dataset) -> None:
+        entry.study_instance_uid = _text(ds, "StudyInstanceUID")
+        entry.series_instance_uid = _text(ds, "SeriesInstanceUID")
+        entry.modality = _text(ds, "Modality")
+        entry.patient_id = patient_id_for_log(_text(ds, "PatientID"), self.config.log)
+        entry.sop_instance_uid = _text(ds, "SOPInstanceUID") or entry.sop_instance_uid
+        entry.view_position_before = _view_position(ds)
+        entry.view_position_after = entry.view_position_before
+
+    def _classify_and_tag(
+        self,
+        name: str,
+        path: Path,
+        ds: Dataset,
+        entry: InstanceLogEntry,
+        classifier: ViewClassifier | None,
+        meta: dict[str, Any],
+    ) -> Path:
+        """Returns the file to forward: the received one, or a tagged copy in processing/."""
+        if classifier is None:
+            entry.action, entry.error = "skipped", "no classifier loaded"
+            return path
+        try:
+            grey = preprocess_dataset(ds)
+        except PreprocessError as exc:
+            entry.action, entry.error = "unreadable", str(exc)
+            return path
+        prediction: Prediction = classifier.predict(grey)
+        entry.label = prediction.label
+        entry.probability_ap = prediction.probabilities.get("AP")
+        entry.probability_la = prediction.probabilities.get("LA")
+        entry.confidence = prediction.confidence
+        entry.model_sha256 = classifier.sha256
+        entry.inference_ms = prediction.inference_ms
+        decision = tag.decide(entry.view_position_before, prediction, self.config.tag)
+        entry.action = decision.action
+        if not decision.writes:
+            return path
+        tag.apply(
+            ds, decision, prediction, classifier.sha256, self.config.tag,
+            source_of_previous_values=str(meta.get("calling_ae", "")),
+        )  # fmt: skip
+        try:
+            buffer = io.BytesIO()
+            ds.save_as(buffer)  # as read: same transfer syntax, encapsulated pixel data as-is
+            tagged = self.spool.dir(PROCESSING) / f"{name}.out"
+            write_atomic(tagged, buffer.getvalue(), self.spool.dir("tmp"))
+        except Exception as exc:
+            entry.action = "unreadable"
+            entry.error = f"cannot write the tagged dataset: {type(exc).__name__}: {exc}"
+            return path
+        entry.view_position_after = decision.after
+        return tagged
+
+
+def _view_position(ds: Dataset) -> str | None:
+    try:
+        return tag.current_view_position(ds)
+    except Exception:
+        return None

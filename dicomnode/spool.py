@@ -1,0 +1,198 @@
+"""Spool stage: atomic writes, and the folders on disk are the state machine.
+
+    incoming/            received and acknowledged, waiting for a worker (name order = arrival)
+    processing/          claimed by a worker (moved back to incoming/ on start-up: resume)
+    outgoing/<dest>/     classified/tagged, waiting for that destination's forwarder
+    sent/<dest>/         delivered
+    failed/<dest>/       given up on; the .json beside the file says why
+
+Every instance is a pair NAME.dcm + NAME.json (what the node knows about it: peer, times, log id).
+The .json is always in place before its .dcm appears, and a .dcm appears only by rename or link, so
+a reader that keys on *.dcm never sees a partial file. An operator can `ls` where every image is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+INCOMING, PROCESSING, OUTGOING, SENT, FAILED, TMP = (
+    "incoming", "processing", "outgoing", "sent", "failed", "tmp",
+)  # fmt: skip
+PIPELINE_FAILED = "_pipeline"  # failed/<this>/: instances the pipeline itself could not handle
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write to a temporary file, fsync, rename: `path` holds all of `data` or does not exist."""
+    tmp_dir = tmp_dir or path.parent
+    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._sequence = itertools.count()
+        self._sequence_lock = threading.Lock()
+
+    # -- layout -------------------------------------------------------------------------------
+    def dir(self, state: str, destination: str | None = None) -> Path:
+        return self.root / state / destination if destination else self.root / state
+
+    def ensure(self, destinations: list[str] = ()) -> None:  # type: ignore[assignment]
+        for state in (INCOMING, PROCESSING, TMP):
+            self.dir(state).mkdir(parents=True, exist_ok=True)
+        for dest in destinations:
+            for state in (OUTGOING, SENT, FAILED):
+                self.dir(state, dest).mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir(TMP).iterdir():  # partial writes of a crashed process
+            leftover.unlink(missing_ok=True)
+
+    def new_name(self) -> str:
+        # Nanosecond clock + a process counter: names sort in arrival order and never collide.
+        with self._sequence_lock:
+            return f"{time.time_ns():020d}-{next(self._sequence) % 1_000_000:06d}"
+
+    # -- receive -------------------------------------------------------------------------------
+    def accept(self, encoded_file: bytes, meta: dict[str, Any]) -> Path:
+        """Store one received instance (DICOM file bytes exactly as received) in incoming/."""
+        name = self.new_name()
+        meta = {**meta, "name": name}
+        tmp = self.dir(TMP)
+        write_atomic(self.dir(INCOMING) / f"{name}.json", _dumps(meta), tmp)
+        target = self.dir(INCOMING) / f"{name}.dcm"
+        write_atomic(target, encoded_file, tmp)
+        return target
+
+    # -- workers -------------------------------------------------------------------------------
+    def names(self, state: str, destination: str | None = None) -> list[str]:
+        folder = self.dir(state, destination)
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.dcm"))
+
+    def claim(self, name: str) -> Path | None:
+        """incoming/ -> processing/; None if another worker took it first."""
+        src, dst = self.dir(INCOMING), self.dir(PROCESSING)
+        try:
+            os.rename(src / f"{name}.dcm", dst / f"{name}.dcm")
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(src / f"{name}.json", dst / f"{name}.json")
+        return dst / f"{name}.dcm"
+
+    def resume(self) -> int:
+        """Move what a stopped node left in processing/ back to incoming/; returns how many."""
+        moved = 0
+        for name in self.names(PROCESSING):
+            for suffix in (".json", ".dcm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(
+                        self.dir(PROCESSING) / f"{name}{suffix}",
+                        self.dir(INCOMING) / f"{name}{suffix}",
+                    )
+            moved += 1
+        for partial in self.dir(PROCESSING).glob("*.out"):  # tagged copy not yet dispatched
+            partial.unlink(missing_ok=True)
+        return moved
+
+    def read_meta(self, dcm_path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(dcm_path.with_suffix(".json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"name": dcm_path.stem}
+
+    def dispatch(
+        self, name: str, payload: Path, destinations: list[str], meta: dict[str, Any]
+    ) -> None:
+        """Hand the processed file to each destination's outgoing/ folder and leave processing/."""
+        for dest in destinations:
+            out_dir = self.dir(OUTGOING, dest)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(out_dir / f"{name}.json", _dumps(meta), self.dir(TMP))
+            staged = self.dir(TMP) / f"{name}.{dest}.dcm"
+            staged.unlink(missing_ok=True)
+            os.link(payload, staged)  # one copy on disk however many destinations
+            os.replace(staged, out_dir / f"{name}.dcm")
+        if not destinations:  # nowhere to go: it is done
+            sent = self.dir(SENT, "_nowhere")
+            sent.mkdir(parents=True, exist_ok=True)
+            write_atomic(sent / f"{name}.json", _dumps(meta), self.dir(TMP))
+            os.link(payload, sent / f"{name}.dcm")
+        self._remove_processing(name, payload)
+
+    def fail_processing(self, name: str, reason: str, meta: dict[str, Any]) -> None:
+        """The pipeline could not handle an instance: keep it, with the reason, in failed/."""
+        self.move_to(PROCESSING, None, FAILED, PIPELINE_FAILED, name, {**meta, "error": reason})
+
+    def _remove_processing(self, name: str, payload: Path) -> None:
+        proc = self.dir(PROCESSING)
+        for path in (proc / f"{name}.dcm", proc / f"{name}.json", payload):
+            path.unlink(missing_ok=True)
+        _fsync_dir(proc)
+
+    # -- forwarders ----------------------------------------------------------------------------
+    def move_to(
+        self,
+        state: str,
+        dest: str | None,
+        new_state: str,
+        new_dest: str | None,
+        name: str,
+        meta: dict[str, Any],
+    ) -> Path:
+        src, dst = self.dir(state, dest), self.dir(new_state, new_dest)
+        dst.mkdir(parents=True, exist_ok=True)
+        write_atomic(dst / f"{name}.json", _dumps(meta), self.dir(TMP))
+        os.replace(src / f"{name}.dcm", dst / f"{name}.dcm")
+        (src / f"{name}.json").unlink(missing_ok=True)
+        return dst / f"{name}.dcm"
+
+    def mark_sent(self, dest: str, name: str, meta: dict[str, Any]) -> Path:
+        return self.move_to(OUTGOING, dest, SENT, dest, name, meta)
+
+    def mark_failed(self, dest: str, name: str, meta: dict[str, Any]) -> Path:
+        return self.move_to(OUTGOING, dest, FAILED, dest, name, meta)
+
+    def counts(self) -> dict[str, int]:
+        """How many instances are in each state (per destination for the per-destination ones)."""
+        result = {INCOMING: len(self.names(INCOMING)), PROCESSING: len(self.names(PROCESSING))}
+        for state in (OUTGOING, SENT, FAILED):
+            base = self.dir(state)
+            for folder in sorted(base.iterdir()) if base.is_dir() else []:
+                result[f"{state}/{folder.name}"] = len(self.names(state, folder.name))
+        return result
+
+    def iter_state(self, state: str, dest: str | None = None) -> Iterator[Path]:
+        for name in self.names(state, dest):
+            yield self.dir(state, dest) / f"{name}.dcm"
+
+
+def _dumps(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, default=str).encode()
