@@ -1,0 +1,192 @@
+"""Prometheus metrics: counters and histograms the stages update, served as text on their own port.
+
+Off by default; when on it binds 127.0.0.1 unless the config says otherwise (Prometheus or a
+node_exporter on the same box scrapes it; expose it further only behind a proxy you control).
+Each NodeMetrics owns its own CollectorRegistry, so several nodes (or tests) in one process do
+not collide in prometheus-client's global registry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LOGGER = logging.getLogger(__name__)
+
+# Inference on a Jetson CPU runs ~5-50 ms, on a server ~2-10 ms; first-image warm-up up to seconds.
+INFERENCE_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# Received -> forwarded includes decode, queueing and the destination's own C-STORE time.
+END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class _CallbackGauges(Collector):
+    """Gauges read at scrape time: queue depth per destination and free disk per path."""
+
+    def __init__(
+        self,
+        queue_depth: Callable[[], Mapping[str, int]] | None,
+        disk_paths: Mapping[str, Path],
+    ) -> None:
+        self.queue_depth = queue_depth
+        self.disk_paths = dict(disk_paths)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queue = GaugeMetricFamily(
+            "dicomnode_queue_depth",
+            "Instances waiting to be sent, per destination",
+            labels=["destination"],
+        )
+        if self.queue_depth is not None:
+            try:
+                depths = self.queue_depth()
+            except Exception:  # a scrape must not fail because one source did
+                LOGGER.exception("queue depth callback failed")
+                depths = {}
+            for destination, depth in sorted(depths.items()):
+                queue.add_metric([destination], float(depth))
+        yield queue
+        free = GaugeMetricFamily(
+            "dicomnode_disk_free_bytes",
+            "Free bytes on the file system holding each node path",
+            labels=["path"],
+        )
+        for name, path in sorted(self.disk_paths.items()):
+            try:
+                free.add_metric([name], float(shutil.disk_usage(path).free))
+            except OSError:
+                continue  # path not created yet; absent beats a misleading zero
+        yield free
+
+
+class NodeMetrics:
+    """What the stages report. Methods are cheap and thread-safe (prometheus-client locks)."""
+
+    def __init__(
+        self,
+        queue_depth: Callable[[], Mapping[str, int]] | None = None,
+        disk_paths: Mapping[str, Path] | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "dicomnode_images_received", "Instances received by C-STORE", registry=self.registry
+        )
+        self.classified = Counter(
+            "dicomnode_images_classified",
+            "Instances classified, by predicted view",
+            ["label"],
+            registry=self.registry,
+        )
+        self.unreadable = Counter(
+            "dicomnode_images_unreadable",
+            "Instances whose pixels could not be classified (forwarded untouched)",
+            registry=self.registry,
+        )
+        self.forwarded = Counter(
+            "dicomnode_images_forwarded",
+            "Instances delivered, per destination",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.failed = Counter(
+            "dicomnode_images_failed",
+            "Failed delivery attempts, per destination",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "dicomnode_inference_seconds",
+            "Model inference time per image",
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "dicomnode_end_to_end_seconds",
+            "Time from receipt to delivery, per destination",
+            ["destination"],
+            buckets=END_TO_END_BUCKETS,
+            registry=self.registry,
+        )
+        self._gauges = _CallbackGauges(queue_depth, disk_paths or {})
+        self.registry.register(self._gauges)
+
+    def set_queue_depth_source(self, source: Callable[[], Mapping[str, int]]) -> None:
+        self._gauges.queue_depth = source
+
+    def add_disk_path(self, name: str, path: Path) -> None:
+        self._gauges.disk_paths[name] = Path(path)
+
+    # --- what the stages call ---
+
+    def image_received(self) -> None:
+        self.received.inc()
+
+    def image_classified(self, label: str, inference_seconds: float | None) -> None:
+        self.classified.labels(label=label).inc()
+        if inference_seconds is not None:
+            self.inference_seconds.observe(inference_seconds)
+
+    def image_unreadable(self) -> None:
+        self.unreadable.inc()
+
+    def image_forwarded(self, destination: str, end_to_end_seconds: float | None) -> None:
+        self.forwarded.labels(destination=destination).inc()
+        if end_to_end_seconds is not None:
+            self.end_to_end_seconds.labels(destination=destination).observe(end_to_end_seconds)
+
+    def forward_failed(self, destination: str) -> None:
+        self.failed.labels(destination=destination).inc()
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint (prometheus-client's WSGI server in a daemon thread)."""
+
+    def __init__(self, metrics: NodeMetrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> tuple[str, int]:
+        if not _is_loopback(self.host):
+            LOGGER.warning(
+                "metrics endpoint bound to %s: reachable beyond this machine, without auth",
+                self.host,
+            )
+        self._server, self._thread = start_http_server(
+            self.port, addr=self.host, registry=self.metrics.registry
+        )
+        host, port = self._server.server_address[:2]
+        LOGGER.info("metrics on http://%s:%d/metrics", host, port)
+        return host, port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None, "metrics server not started"
+        return self._server.server_address[:2]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
