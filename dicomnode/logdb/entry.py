@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,3 +37,19 @@ class InstanceLogEntry:
     error: str | None = None
     spool_path: str | None = None
     routing: dict = field(default_factory=dict)  # {"rules": [...], "destinations": [...]}
+
+
+PATIENT_ID_FORMS = ("plain", "hash", "omit")
+
+
+def patient_id_in_configured_form(patient_id: str | None, form: str, salt: str = "") -> str | None:
+    """The patient ID as the log stores it (config `log.patient_id`): the same function serves the
+    pipeline writing entries and the auditor's query, so a typed plain ID finds its hashed rows."""
+    if form not in PATIENT_ID_FORMS:
+        raise ValueError(f"patient_id form {form!r} is not one of {', '.join(PATIENT_ID_FORMS)}")
+    if patient_id is None or form == "omit":
+        return None
+    if form == "plain":
+        return patient_id
+    # Keyed hash: without the salt an auditor's list of IDs cannot be matched by brute force.
+    return hmac.new(salt.encode(), patient_id.encode(), hashlib.sha256).hexdigest()
