@@ -1,0 +1,144 @@
+"""The auditor's browser view: served over loopback, driven in headless Debian Chromium."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from dicomnode.logdb.store import LogStore
+from dicomnode.logdb.web import WebConfigError, start_web
+from tests.logdb_helpers import STUDY_A, populate
+
+pytest_plugins = ["tests.fixtures_postgres"]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+TOKEN = "auditor-token-0123456789"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def populated_store(request, tmp_path):
+    url = (
+        f"sqlite:///{tmp_path / 'log.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    store = LogStore.open(url)
+    try:
+        populate(store)
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def view(populated_store):
+    server = start_web(populated_store, host="127.0.0.1", port=0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def token_view(populated_store):
+    server = start_web(populated_store, host="127.0.0.1", port=0, token=TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, str, dict]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), dict(error.headers)
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_browser_search_open_study_and_summary(view, tmp_path):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(view.url)
+            assert "6 matching instances" in page.inner_text("#count")
+
+            page.fill("input[name=study]", STUDY_A)
+            page.select_option("select[name=delivery]", "failed")
+            page.click("#search")
+            page.wait_for_url("**/?*study=*")
+            assert "1 matching instances" in page.inner_text("#count")
+            rows = page.locator("#results tr")
+            assert rows.count() == 2  # header + a3
+            assert "disagrees" in rows.nth(1).inner_text()
+
+            page.click(f"#results a[href*='{STUDY_A}']")
+            page.wait_for_url(f"**/study/{STUDY_A}")
+            assert page.inner_text("#study-uid") == STUDY_A
+            instances = page.locator("section.instance")
+            assert instances.count() == 3
+            a3 = instances.nth(2)
+            assert "disagrees" in a3.inner_text()
+            assert "LL" in a3.locator("table.coercion").inner_text()
+            deliveries = a3.locator("table.deliveries").inner_text()
+            assert "failed" in deliveries and "retry" in deliveries and "0xA700" in deliveries
+            shot = tmp_path / "study.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+
+            page.click("nav a[href='/summary']")
+            assert page.inner_text("#disagreement") == "66.7%"
+            assert page.locator("svg[role=img]").count() >= 6
+            assert "PACS" in page.inner_text("#delivery")
+            page.screenshot(path=str(tmp_path / "summary.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_pages_over_http_on_both_backends(view):
+    status, body, headers = fetch(view.url + "?calling_ae=CR_ROOM2")
+    assert status == 200 and "2 matching instances" in body
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    status, body, _ = fetch(view.url + "summary?day=2026-11-20")
+    assert status == 200 and "3 instances" in body
+    status, body, _ = fetch(view.url + f"study/{STUDY_A}")
+    assert status == 200 and body.count("class='instance'") == 3
+    assert fetch(view.url + "study/9.9.9")[0] == 404
+    status, body, _ = fetch(view.url + "?since=yesterday")
+    assert status == 200 and "since: &#x27;yesterday&#x27; is not an ISO date" in body
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_view_is_read_only(view):
+    for method in ("POST", "PUT", "DELETE"):
+        assert fetch(view.url, method=method)[0] == 405
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_token_is_required_when_configured(token_view):
+    assert fetch(token_view.url)[0] == 401
+    assert fetch(token_view.url, {"Authorization": "Bearer wrong-token-xxxxxxxx"})[0] == 401
+    status, body, _ = fetch(token_view.url, {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and "6 matching instances" in body
+    status, _, headers = fetch(token_view.url + f"?token={TOKEN}")
+    assert status == 200 and "HttpOnly" in headers["Set-Cookie"]
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert fetch(token_view.url + "summary", {"Cookie": cookie})[0] == 200
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_public_address_without_token_is_refused(populated_store):
+    with pytest.raises(WebConfigError, match="token"):
+        start_web(populated_store, host="0.0.0.0", port=0)
