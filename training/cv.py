@@ -1,0 +1,138 @@
+"""`python -m training cv`: stratified k-fold CV of a recipe, all variants run with LiteRT."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.cache import load_data_cached
+from training.data import Dataset
+from training.export import VARIANTS, export_all, representative_images
+from training.fit import predict_upper, train_upper
+from training.litert_eval import run_tflite, time_keras
+from training.model import Parts, check_weights
+from training.recipes import Recipe
+from training.ship import compute_features
+
+ALL_VARIANTS = ("keras", *VARIANTS)
+
+
+def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number per sample; each class is spread evenly over the k folds."""
+    if k < 2:
+        raise ValueError("need at least 2 folds")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        if len(members) < k:
+            raise ValueError(f"class {cls} has {len(members)} images, fewer than {k} folds")
+        fold[rng.permutation(members)] = np.arange(len(members)) % k
+    return fold
+
+
+def balanced_subset(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = []
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        if len(members) < per_class:
+            raise ValueError(f"--balanced {per_class}: class {cls} has only {len(members)} images")
+        picks.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    n_train: int
+    n_test: int
+    accuracy: dict[str, float] = field(default_factory=dict)
+    size_kb: dict[str, float] = field(default_factory=dict)
+    warmup_ms: dict[str, float] = field(default_factory=dict)
+    steady_ms: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@dataclass
+class CVResult:
+    recipe: Recipe
+    dataset: Dataset  # the samples cross-validated (after --balanced)
+    folds: int
+    fold_of: np.ndarray
+    fold_results: list[FoldResult]
+    # out-of-fold probabilities per variant, row i = dataset.samples[i]
+    oof: dict[str, np.ndarray]
+    wall_time_s: float
+    balanced: int | None
+    skipped: list
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
+                   runs_dir: Path, folds: int = 5, balanced: int | None = None,
+                   limit_per_class: int | None = None, variants=VARIANTS,
+                   steady_invokes: int = 100) -> CVResult:
+    import keras
+
+    started = time.monotonic()
+    check_weights(weights)
+    cache_dir = runs_dir / "cache"
+    full = load_data_cached(images, dicom, limit_per_class, cache_dir)
+    keep = balanced_subset(full.labels, balanced, recipe.seed) if balanced else np.arange(
+        len(full.samples))
+    data = full.subset(keep)
+    y = data.labels
+    fold_of = stratified_folds(y, folds, recipe.seed)
+    log(f"cv {recipe.name}: {len(y)} images (AP {int((y == 0).sum())}, LA {int((y == 1).sum())}),"
+        f" {folds} folds, views {list(recipe.train_views)}, scaling {recipe.scaling}")
+    parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units, recipe.dropout)
+    views = sorted(set(recipe.train_views) | {"orig"})
+    all_features = compute_features(parts, recipe, full.pixels, weights, cache_dir, views)
+    features = {v: f[keep] for v, f in all_features.items()}
+    names = ("keras", *variants)
+    oof = {name: np.full((len(y), 2), np.nan, dtype=np.float32) for name in names}
+    results = []
+    for k in range(folds):
+        fold_started = time.monotonic()
+        keras.backend.clear_session()
+        train_idx = np.flatnonzero(fold_of != k)
+        test_idx = np.flatnonzero(fold_of == k)
+        log(f"fold {k + 1}/{folds}: train {len(train_idx)}, test {len(test_idx)}")
+        parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units,
+                      recipe.dropout)
+        train_upper(parts, recipe, features, y, train_idx, balanced=balanced is not None)
+        result = FoldResult(k, len(train_idx), len(test_idx))
+        oof["keras"][test_idx] = predict_upper(parts, features["orig"][test_idx])
+        fold_dir = runs_dir / f"cv-{recipe.name}-{recipe.scaling}" / f"fold{k + 1}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        keras_path = fold_dir / "model.keras"
+        parts.full.save(keras_path)
+        result.size_kb["keras"] = keras_path.stat().st_size / 1024
+        result.warmup_ms["keras"], result.steady_ms["keras"] = time_keras(parts.full,
+                                                                          steady_invokes)
+        representative = representative_images(data.pixels[train_idx],
+                                                recipe.representative_samples, recipe.seed + k)
+        files = export_all(parts.full, fold_dir, representative, variants=variants, log=log)
+        for variant, path in files.items():
+            run = run_tflite(path, data.pixels[test_idx], steady_invokes=steady_invokes)
+            oof[variant][test_idx] = run.probabilities
+            result.size_kb[variant] = run.size_kb
+            result.warmup_ms[variant] = run.warmup_ms
+            result.steady_ms[variant] = run.steady_ms
+        for name in names:
+            predicted = oof[name][test_idx].argmax(axis=1)
+            result.accuracy[name] = float((predicted == y[test_idx]).mean())
+        result.wall_s = time.monotonic() - fold_started
+        log("  " + ", ".join(f"{n} {result.accuracy[n] * 100:.1f}%" for n in names)
+            + f" ({result.wall_s:.0f}s)")
+        results.append(result)
+    return CVResult(recipe, data, folds, fold_of, results, oof,
+                    time.monotonic() - started, balanced, full.skipped)
