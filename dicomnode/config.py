@@ -64,7 +64,6 @@ class TagConfig(_Strict):
     ap_term: Literal["AP", "PA"] = "AP"
     la_term: Literal["LL", "RL", "LATERAL", "LAT"] = "LL"
     confidence_threshold: float = Field(0.90, ge=0.0, le=1.0)
-    write_when_empty: bool = True
     on_disagree: Literal["keep", "overwrite"] = "keep"
     # When the node writes ViewPosition, also write label, probabilities and model sha256 here.
     private_block: bool = True
@@ -152,8 +151,18 @@ class NodeConfig(_Strict):
         raise KeyError(name)
 
 
+def _without_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags: ('destinations', 1, 'dicom', 'port') -> (…, 1, 'port')."""
+    tags = {"dicom", "folder"}
+    return tuple(
+        part
+        for i, part in enumerate(loc)
+        if not (i and isinstance(loc[i - 1], int) and part in tags)
+    )
+
+
 def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """Walk the composed YAML tree along a pydantic error location; deepest node found."""
+    """Walk the composed YAML tree along a pydantic error location; the deepest node found."""
     node = root
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -166,15 +175,16 @@ def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
             if part >= len(node.value):
                 return node
             node = node.value[part]
-        else:  # discriminator tags such as 'dicom' in ('destinations', 0, 'dicom', 'port')
-            continue
+        else:
+            return node
     return node
 
 
 def _describe(error: dict[str, Any], root: yaml.Node | None, source: str) -> str:
-    loc = tuple(error["loc"])
+    loc = _without_union_tags(tuple(error["loc"]))
     key = ".".join(str(p) for p in loc) or "(top level)"
-    node = _node_at(root, loc)
+    # a wrong or missing `type:` is reported on the list item; point at the type key instead
+    node = _node_at(root, (*loc, "type") if error["type"].startswith("union_tag") else loc)
     where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
     message = error["msg"]
     if error["type"] == "extra_forbidden":

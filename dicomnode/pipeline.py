@@ -6,7 +6,6 @@ Each worker owns one warmed ViewClassifier (LiteRT interpreters are not thread-s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import queue
@@ -24,7 +23,7 @@ from dicomnode import route as routing
 from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
-from dicomnode.logdb.entry import InstanceLogEntry
+from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form
 from dicomnode.preprocess import PreprocessError, preprocess_dataset
 from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
 
@@ -38,11 +37,8 @@ class InstanceLog(Protocol):
 
 
 def patient_id_for_log(patient_id: str | None, config: LogConfig) -> str | None:
-    if not patient_id or config.patient_id == "omit":
-        return None
-    if config.patient_id == "hash":
-        return hashlib.sha256((config.patient_id_salt + patient_id).encode()).hexdigest()
-    return patient_id
+    # The log's own helper, so an auditor's query hashes a typed ID the same way.
+    return patient_id_in_configured_form(patient_id, config.patient_id, config.patient_id_salt)
 
 
 def _text(ds: Dataset | None, keyword: str) -> str | None:

@@ -49,17 +49,16 @@ def current_view_position(ds: Dataset) -> str | None:
 
 
 def decide(before: str | None, prediction: Prediction, config: TagConfig) -> TagDecision:
-    """The policy. Below the confidence threshold the node changes nothing and says so (uncertain):
-    a low-confidence answer is neither an agreement nor a contradiction worth auditing."""
+    """The policy. An agreeing ViewPosition is left alone and logged `agrees` at any confidence
+    (nothing changes either way); writing or contradicting needs confidence >= the threshold,
+    below it the node changes nothing and logs `uncertain`."""
     term = config.ap_term if prediction.label == "AP" else config.la_term
+    if before is not None and before in TERMS_FOR_LABEL.get(prediction.label, frozenset()):
+        return TagDecision("agrees", before, before)
     if prediction.confidence < config.confidence_threshold:
         return TagDecision("uncertain", before, before)
     if before is None:
-        if config.write_when_empty:
-            return TagDecision("written", None, term)
-        return TagDecision("uncertain", None, None)
-    if before in TERMS_FOR_LABEL.get(prediction.label, frozenset()):
-        return TagDecision("agrees", before, before)
+        return TagDecision("written", None, term)
     if config.on_disagree == "overwrite":
         return TagDecision("overwritten", before, term)
     return TagDecision("disagrees", before, before)

@@ -302,3 +302,55 @@ def send_files(
         assoc.release()
         ae.shutdown()
     return statuses
+
+
+def without_view_position(source: Path, target: Path) -> Path:
+    """A copy of a real file with ViewPosition removed (pixel data written back untouched)."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    if "ViewPosition" in ds:
+        del ds.ViewPosition
+    ds.save_as(target)
+    return target
+
+
+def jpeg_as_dicom(jpeg: Path, target: Path, modality: str = "CR") -> Path:
+    """Wrap an 8-bit grey baseline JPEG radiograph, codestream unchanged, in a CR/DX DICOM file
+    with no ViewPosition (JPEG Baseline transfer syntax)."""
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import (
+        ComputedRadiographyImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        JPEGBaseline8Bit,
+        generate_uid,
+    )
+
+    with Image.open(jpeg) as image:
+        assert image.mode == "L", f"{jpeg} is not 8-bit grey"
+        columns, rows = image.size
+    sop_class = (
+        ComputedRadiographyImageStorage
+        if modality == "CR"
+        else DigitalXRayImageStorageForPresentation
+    )
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName = "TEST-LAT-1", "Test^Lateral"
+    ds.Modality = modality
+    ds.BodyPartExamined = "CHEST"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate([jpeg.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(target, enforce_file_format=True)
+    return target
