@@ -6,6 +6,7 @@ session (initdb costs seconds); each test gets its own fresh database, dropped a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -74,8 +75,9 @@ class PostgresServer:
         self.admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres(extra_options: str = "") -> Iterator[PostgresServer]:
+    """Start a private PostgreSQL on a free loopback port; stop it and delete it on exit."""
     root = Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))
     data, sockets, logfile = root / "data", root / "sock", root / "server.log"
     sockets.mkdir()
@@ -97,7 +99,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             check=True,
             capture_output=True,
         )
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off"
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} {extra_options}".strip()
         subprocess.run(
             as_server_user(
                 [pg_binary("pg_ctl"), "-D", str(data), "-l", str(logfile), "-o", options,
@@ -116,6 +118,13 @@ def postgres_server() -> Iterator[PostgresServer]:
                 capture_output=True,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # fsync off: the tests check behaviour, not durability across power loss
+    with running_postgres("-c fsync=off") as server:
+        yield server
 
 
 @pytest.fixture

@@ -142,3 +142,24 @@ def test_token_is_required_when_configured(token_view):
 def test_public_address_without_token_is_refused(populated_store):
     with pytest.raises(WebConfigError, match="token"):
         start_web(populated_store, host="0.0.0.0", port=0)
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_node_config_starts_the_view_only_when_enabled(populated_store):
+    from dicomnode.config import parse_config
+    from dicomnode.logdb.web import start_web_from_config
+
+    off = parse_config("log:\n  url: sqlite:///x.db\n")
+    assert off.web.enabled is False
+    assert start_web_from_config(populated_store, off.web, off.log) is None
+
+    on = parse_config("web:\n  enabled: true\n  port: 0\nlog:\n  patient_id: hash\n"
+                      "  patient_id_salt: s3cret\n")  # fmt: skip
+    server = start_web_from_config(populated_store, on.web, on.log)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        # the typed patient ID is hashed like the node stores it: plain "PAT-B" matches nothing
+        status, body, _ = fetch(server.url + "?patient=PAT-B")
+        assert status == 200 and "0 matching instances" in body
+    finally:
+        server.stop()
