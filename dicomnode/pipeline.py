@@ -191,7 +191,10 @@ class Pipeline:
         entry.series_instance_uid = _text(ds, "SeriesInstanceUID")
         entry.modality = _text(ds, "Modality")
         entry.patient_id = patient_id_for_log(_text(ds, "PatientID"), self.config.log)
-        entry.sop_instance_uid = _text(ds, "SOPInstanceUID") or entry.sop_instance_uid
+        # entry.sop_instance_uid stays the C-STORE's Affected SOP Instance UID: the identity the
+        # instance travels under (forward attempts are logged by it), even where a malformed
+        # dataset carries a different one inside.
+        entry.sop_instance_uid = entry.sop_instance_uid or _text(ds, "SOPInstanceUID") or ""
         entry.view_position_before = _view_position(ds)
         entry.view_position_after = entry.view_position_before
 
