@@ -217,19 +217,37 @@ def _end_of_file_meta(data: bytes) -> int:
 # --- the isolated decoder ---------------------------------------------------------------------
 
 
+def preprocess_guarded(ds: Dataset, limits: Limits):
+    """check_dataset + preprocess_dataset, in this process, with one error type.
+
+    The pipeline treats PreprocessError as "unreadable: forward untouched"; any other exception
+    would count as a node bug and park the image in failed/. Decoders and LUT code raise many
+    types on hostile input (ValueError, KeyError, IndexError, struct.error, ...), so everything
+    that escapes them is reported as a PreprocessError naming the original type.
+    """
+    from dicomnode.preprocess import preprocess_dataset
+
+    check_dataset(ds, limits)
+    try:
+        return preprocess_dataset(ds)
+    except PreprocessError:
+        raise
+    except MemoryError as exc:
+        raise DecoderCrashed("decode ran out of memory") from exc
+    except Exception as exc:
+        raise PreprocessError(f"cannot preprocess: {type(exc).__name__}: {exc}") from exc
+
+
 def guarded_preprocess_file(path: str | Path, limits: Limits):
     """read -> guard -> preprocess in the current process (what the worker runs per image)."""
     import pydicom
-
-    from dicomnode.preprocess import preprocess_dataset
 
     check_file(path, limits)
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
         raise PreprocessError(f"cannot read DICOM: {exc}") from exc
-    check_dataset(ds, limits)
-    return preprocess_dataset(ds)
+    return preprocess_guarded(ds, limits)
 
 
 def _worker_main(conn: Connection, limits: Limits) -> None:

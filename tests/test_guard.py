@@ -193,3 +193,18 @@ def test_worker_memory_limit_turns_an_oversized_decode_into_an_error(tmp_path):
             decoder.preprocess_file(path)
         small = CORPUS / "CR__77654033_CR2_6247.dcm"
         assert decoder.preprocess_file(Path(small)).shape == (224, 224)
+
+
+def test_a_decoder_that_aborts_the_process_only_takes_the_worker_down(tmp_path):
+    # Found by tests/test_fuzz.py: GDCM throws an uncaught C++ exception (std::terminate, SIGABRT)
+    # for JPEG lossless with BitsStored < BitsAllocated. Decoded in the node's own process this
+    # would kill the node; in the worker it is one unreadable image.
+    ds = pydicom.dcmread(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm")
+    ds.BitsStored = 7
+    path = tmp_path / "gdcm-abort.dcm"
+    ds.save_as(path)
+    with IsolatedDecoder(Limits(timeout_s=60)) as decoder:
+        with pytest.raises(DecoderCrashed):
+            decoder.preprocess_file(path)
+        assert decoder.restarts == 1
+        assert decoder.preprocess_file(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm").shape == (224, 224)
