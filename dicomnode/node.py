@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from dicomnode.classify import DEFAULT_MODELS_DIR, ViewClassifier
+from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier, load_manifest
 from dicomnode.config import NodeConfig
 from dicomnode.forward import Forwarder
 from dicomnode.pipeline import Pipeline
@@ -74,10 +74,23 @@ class Node:
             classifier_factory=self._classifier,
         )
         self.pipeline.start()  # loads + warms the model before the port opens
+        self._register_model()
         for forwarder in self.forwarders.values():
             forwarder.start()
         self.receiver = Receiver(self.config.receive, self.spool, self.pipeline.submit)
         self.receiver.start()
+
+    def _register_model(self) -> None:
+        """Record the loaded model (sha256 + manifest) in the log's model table."""
+        sha256 = self.pipeline.model_sha256 if self.pipeline else None
+        if sha256 is None or not hasattr(self.log_store, "register_model"):
+            return
+        models_dir = Path(self.config.classify.models_dir or DEFAULT_MODELS_DIR)
+        try:
+            manifest = load_manifest(models_dir)
+        except ModelError:
+            manifest = None
+        self.log_store.register_model(sha256, manifest)
 
     @property
     def address(self) -> tuple[str, int]:

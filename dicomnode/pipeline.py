@@ -77,6 +77,7 @@ class Pipeline:
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self.model_sha256: str | None = None  # of the loaded model, once started
 
     @property
     def classifies(self) -> bool:
@@ -90,6 +91,8 @@ class Pipeline:
                 classifiers.append(self.classifier_factory())
             else:
                 classifiers.append(None)
+        loaded = [c for c in classifiers if c is not None]
+        self.model_sha256 = loaded[0].sha256 if loaded else None
         resumed = self.spool.resume()
         for name in self.spool.names(INCOMING):
             self._queue.put(name)

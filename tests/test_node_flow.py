@@ -141,3 +141,58 @@ def test_store_answers_out_of_resources_when_spool_cannot_be_written(start_node,
         assert not list(incoming.iterdir())
     finally:
         os.makedirs(node.spool.dir("tmp"), exist_ok=True)
+
+
+def test_tcp_nodelay_on_received_and_forwarding_sockets(start_node, recording_scp, shared):
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    node = start_node([recording_scp.destination()], **NO_CLASSIFY)
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    try:
+        assert assoc.is_established
+        accepted = node.receiver.ae.active_associations
+        assert accepted
+        sock = accepted[0].dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert assoc.send_c_store(CT_SMALL).Status == 0
+    finally:
+        assoc.release()
+        ae.shutdown()
+    recording_scp.wait_for(1)
+    forwarding = node.forwarders["sink"].sender.assoc  # kept open for the next image
+    assert forwarding is not None and forwarding.is_established
+    assert forwarding.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_resume_on_start_up(tmp_path: Path, recording_scp, shared):
+    """What a stopped node left acknowledged in incoming/ or half-done in processing/ is finished
+    by the next start."""
+    from dicomnode.node import Node
+    from dicomnode.spool import Spool
+    from tests.node_helpers import node_config
+
+    config = node_config(tmp_path, [recording_scp.destination()], **NO_CLASSIFY)
+    spool = Spool(config.spool.path)
+    spool.ensure(["sink"])
+    uids = []
+    for source in (CT_SMALL, CT_693):
+        meta = {"calling_ae": "MODALITY", "called_ae": "DICOMNODE", "peer_address": "127.0.0.1:1",
+                "sop_instance_uid": pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID,
+                "transfer_syntax_uid": ExplicitVRLittleEndian}  # fmt: skip
+        spool.accept(source.read_bytes(), meta)
+        uids.append(meta["sop_instance_uid"])
+    assert spool.claim(spool.names("incoming")[0]) is not None  # as if a worker died mid-way
+
+    node = Node(config).start()
+    try:
+        assert node.wait_idle(30)
+        recording_scp.wait_for(2)
+        assert sorted(r.sop_instance_uid for r in recording_scp.received) == sorted(uids)
+        assert [r.action for r in instance_rows(node)] == ["skipped", "skipped"]
+    finally:
+        node.stop()
