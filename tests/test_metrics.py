@@ -103,3 +103,74 @@ def test_stopped_server_releases_its_port():
     rebound = MetricsServer(NodeMetrics(), port=port)
     rebound.start()
     rebound.stop()
+
+
+# --- dicomnode health ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def echo_scp():
+    """A real C-ECHO SCP on loopback standing in for the node's listener."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="DICOMNODE")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def _config(tmp_path, port: int, db_url: str | None = None):
+    from dicomnode.config import parse_config
+
+    url = db_url or f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    return parse_config(
+        f"receive: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}}}\n"
+        f"spool: {{path: {tmp_path / 'spool'}}}\n"
+        f"log: {{url: '{url}'}}\n"
+    )
+
+
+def test_health_ok_names_echo_disk_spool_and_log(tmp_path, echo_scp):
+    from dicomnode.health import check_health
+    from dicomnode.logdb.store import LogStore
+    from dicomnode.spool import Spool
+
+    config = _config(tmp_path, echo_scp)
+    LogStore.open(config.log.url).close()
+    spool = Spool(config.spool.path)
+    spool.ensure(["pacs"])
+    (spool.dir("outgoing", "pacs") / "x.dcm").write_bytes(b"queued")
+    report = check_health(config, timeout=5)
+    assert report.ok, report.line
+    assert report.line.startswith("OK echo DICOMNODE@127.0.0.1:")
+    assert "log sqlite ok" in report.line
+    assert "queued: pacs 1" in report.line
+    assert "GiB free" in report.line
+
+
+def test_health_fails_when_the_node_is_not_listening(tmp_path):
+    import socket
+
+    from dicomnode.health import check_health
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    report = check_health(_config(tmp_path, free_port), timeout=3)
+    assert not report.ok
+    assert report.line.startswith("FAIL echo DICOMNODE@127.0.0.1:")
+    assert "log" in report.line and "missing" in report.line  # no database yet either
+
+
+def test_health_fails_below_the_free_space_floor(tmp_path, echo_scp):
+    from dicomnode.health import check_health
+    from dicomnode.logdb.store import LogStore
+
+    config = _config(tmp_path, echo_scp)
+    LogStore.open(config.log.url).close()
+    report = check_health(config, timeout=5, min_free_bytes=shutil.disk_usage(tmp_path).total)
+    assert not report.ok and "GiB free (<" in report.line
