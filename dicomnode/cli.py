@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from dicomnode.cli_queue import queue_app
+from dicomnode.cli_rules import rules_app
 from dicomnode.config import (
     ConfigError,
     DicomDestination,
@@ -31,6 +33,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(log_app, name="log")
+app.add_typer(rules_app, name="rules")
+app.add_typer(queue_app, name="queue")
 
 ConfigOption = Annotated[
     Path | None,

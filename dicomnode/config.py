@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "dicomnode.yaml"
 
@@ -58,6 +66,11 @@ class ClassifyConfig(_Strict):
     variant: str | None = None  # None: the manifest's default_variant (the Int8 model)
     workers: int = Field(1, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1, le=64)
+    # isolated: decode in a killable child process per worker (a decoder crash or hang costs one
+    # image, not the node); in_process: faster start, header size checks only.
+    decode: Literal["isolated", "in_process"] = "isolated"
+    decode_timeout_s: float = Field(30.0, gt=0)
+    max_pixel_mib: int = Field(512, ge=1)
 
 
 class TagConfig(_Strict):
@@ -101,6 +114,21 @@ class WebConfig(_Strict):
         return value
 
 
+class RetryPolicy(_Strict):
+    """Exponential backoff with jitter for transient failures (per destination).
+
+    Attempt n (1-based) failing waits min(max_delay_s, initial_s * multiplier**(n-1))
+    + uniform(0, jitter_s) before attempt n+1; after `max_attempts` attempts (null: never give
+    up) the image goes to failed/.
+    """
+
+    initial_s: float = Field(2.0, gt=0.0)
+    multiplier: float = Field(2.0, ge=1.0)
+    max_delay_s: float = Field(300.0, gt=0.0)
+    jitter_s: float = Field(1.0, ge=0.0)
+    max_attempts: int | None = Field(None, ge=1)
+
+
 class DicomDestination(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     type: Literal["dicom"]
@@ -114,13 +142,182 @@ class DicomDestination(_Strict):
     idle_release_s: float = Field(
         10.0, ge=0.0
     )  # release the reused association after this idle time
-    retry_delay_s: float = Field(5.0, ge=0.0)
+    retry_delay_s: float = Field(5.0, ge=0.0)  # older form of retry.initial_s (used if no retry:)
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        if "retry" not in self.model_fields_set and "retry_delay_s" in self.model_fields_set:
+            return RetryPolicy(initial_s=max(self.retry_delay_s, 0.001))
+        return self.retry
 
 
 class FolderDestination(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     type: Literal["folder"]
     path: Path
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.retry
+
+
+# ----- routing rules (dicomnode.route evaluates them) -----------------------------------------
+
+Scalar = str | int | float
+
+
+class Match(_Strict):
+    """A test on one value. Several keys in one Match must all hold. A multi-valued attribute
+    matches when any of its values does."""
+
+    equals: Scalar | None = None
+    one_of: list[Scalar] | None = Field(None, min_length=1)
+    glob: str | None = None  # shell-style, case-sensitive: "CHEST*"
+    regex: str | None = None  # Python re, searched from the start: "^(CR|DX)$"
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    present: bool | None = None  # true: the attribute exists and is not empty; false: absent/empty
+    network: str | None = None  # peer address only: an IP network such as 10.0.0.0/8
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Match:
+        if not self.model_fields_set:
+            raise ValueError(
+                "empty condition (valid: equals, one_of, glob, regex, gt, ge, lt, le, present,"
+                " network)"
+            )
+        return self
+
+
+def as_match(condition: Any) -> Any:
+    """`Modality: CR` is short for `{equals: CR}`; a list is short for `{one_of: [...]}`."""
+    if isinstance(condition, list):
+        return {"one_of": condition}
+    if isinstance(condition, (str, int, float)) and not isinstance(condition, bool):
+        return {"equals": condition}
+    return condition
+
+
+Condition = Annotated[Match, BeforeValidator(as_match)]
+
+
+class ClassificationMatch(_Strict):
+    label: str | list[str] | None = None  # AP / LA (the model's labels)
+    confidence_above: float | None = Field(None, ge=0.0, le=1.0)
+    confidence_below: float | None = Field(None, ge=0.0, le=1.0)
+    # what the tag stage did: written, agrees, disagrees, overwritten, uncertain, skipped,
+    # unreadable
+    action: str | list[str] | None = None
+
+    @field_validator("action")
+    @classmethod
+    def _known_actions(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from dicomnode.logdb.entry import ACTIONS
+
+        for item in [value] if isinstance(value, str) else value or []:
+            if item not in ACTIONS:
+                raise ValueError(f"unknown action {item!r} (valid: {', '.join(ACTIONS)})")
+        return value
+
+
+class When(_Strict):
+    calling_ae: Condition | None = None
+    called_ae: Condition | None = None
+    peer_address: Condition | None = None  # the IP address, without the port
+    attributes: dict[str, Condition] = {}  # pydicom keyword -> condition
+    classification: ClassificationMatch | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _keywords(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pydicom.datadict import tag_for_keyword
+
+        unknown = [k for k in value if tag_for_keyword(k) is None]
+        if unknown:
+            raise ValueError(
+                f"not DICOM keywords: {unknown} (valid: pydicom keywords such as Modality,"
+                " BodyPartExamined, ViewPosition)"
+            )
+        return value
+
+
+class Rule(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    when: When = When()  # no conditions: matches everything
+    action: Literal["forward", "discard"] = "forward"
+    destinations: list[str] = []
+    continue_: bool = Field(False, alias="continue")
+
+    @model_validator(mode="after")
+    def _destinations_for_forward(self) -> Rule:
+        if self.action == "forward" and not self.destinations:
+            raise ValueError("a forward rule needs destinations (or use action: discard)")
+        return self
+
+
+class DefaultRoute(_Strict):
+    action: Literal["forward", "discard"] = "forward"
+    destinations: list[str] | None = None  # None: every configured destination
+
+
+class RoutingConfig(_Strict):
+    rules: list[Rule] = []
+    default: DefaultRoute = DefaultRoute()
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, value: list[Rule]) -> list[Rule]:
+        names = [r.name for r in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {duplicates}")
+        return value
+
+
+class DiskConfig(_Strict):
+    # Below this much free space on the spool's file system, C-STOREs are answered 0xA700
+    # (out of resources) instead of being written.
+    min_free_mb: float = Field(200.0, ge=0.0)
+
+
+class InboxConfig(_Strict):
+    # A drop folder: DICOM files written here are processed like received ones (None: off).
+    path: Path | None = None
+    settle_s: float = Field(1.0, ge=0.0)  # a file must be unchanged this long before it is taken
+
+
+class WatchConfig(_Strict):
+    config: bool = True  # reload the config file when it changes (`dicomnode serve -c FILE`)
 
 
 Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="type")]
@@ -134,6 +331,10 @@ class NodeConfig(_Strict):
     log: LogConfig = LogConfig()
     web: WebConfig = WebConfig()
     destinations: list[Destination] = []
+    routing: RoutingConfig = RoutingConfig()
+    disk: DiskConfig = DiskConfig()
+    inbox: InboxConfig = InboxConfig()
+    watch: WatchConfig = WatchConfig()
 
     @field_validator("destinations")
     @classmethod
@@ -180,9 +381,19 @@ def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     return node
 
 
-def _describe(error: dict[str, Any], root: yaml.Node | None, source: str) -> str:
+def _rule_named(loc: tuple[Any, ...], data: Any) -> str:
+    """' (rule "name")' for an error inside routing.rules[i], so the operator finds the rule."""
+    if len(loc) >= 3 and loc[:2] == ("routing", "rules") and isinstance(loc[2], int):
+        try:
+            return f' (rule "{data["routing"]["rules"][loc[2]]["name"]}")'
+        except (KeyError, IndexError, TypeError):
+            return ""
+    return ""
+
+
+def _describe(error: dict[str, Any], root: yaml.Node | None, source: str, data: Any = None) -> str:
     loc = _without_union_tags(tuple(error["loc"]))
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = (".".join(str(p) for p in loc) or "(top level)") + _rule_named(loc, data)
     # a wrong or missing `type:` is reported on the list item; point at the type key instead
     node = _node_at(root, (*loc, "type") if error["type"].startswith("union_tag") else loc)
     where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
@@ -207,10 +418,35 @@ def parse_config(text: str, source: str = "<config>") -> NodeConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the top level must be a mapping of sections")
     try:
-        return NodeConfig.model_validate(data)
+        config = NodeConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(e, root, source) for e in exc.errors()]
+        lines = [_describe(e, root, source, data) for e in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    problems = _cross_check(config)
+    if problems:
+        lines = [
+            _describe({"loc": loc, "msg": msg, "type": "value_error"}, root, source, data)
+            for loc, msg in problems
+        ]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return config
+
+
+def _cross_check(config: NodeConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """What one section cannot check alone: rules naming destinations that do not exist."""
+    known = [d.name for d in config.destinations]
+    valid = ", ".join(known) or "no destinations are configured"
+    problems = []
+    for i, rule in enumerate(config.routing.rules):
+        for j, name in enumerate(rule.destinations):
+            if name not in known:
+                loc = ("routing", "rules", i, "destinations", j)
+                problems.append((loc, f"unknown destination {name!r} (valid: {valid})"))
+    for j, name in enumerate(config.routing.default.destinations or []):
+        if name not in known:
+            loc = ("routing", "default", "destinations", j)
+            problems.append((loc, f"unknown destination {name!r} (valid: {valid})"))
+    return problems
 
 
 def load_config(path: Path | str | None = None) -> NodeConfig:

@@ -4,6 +4,14 @@ A slow or unreachable destination only delays its own queue. DICOM destinations 
 association (TCP_NODELAY) across images, propose each instance's own transfer syntax, and if the
 peer refuses it, decompress and send Explicit VR Little Endian. Folder destinations copy the
 file atomically.
+
+Failures: a permanent rejection (0xA9xx, 0xCxxx, SOP class not supported, ...) moves the image to
+failed/<dest>/ at once with its status and reason. A transient one (association refused or
+aborted, timeout, 0xA7xx) schedules the next attempt: the time goes into the image's .json
+(`next_attempt_at`, exponential backoff with jitter from tenacity's wait function), and the queue
+waits for it in order. Each destination has its own thread, so one waiting destination never
+holds up another; after `max_attempts` the image goes to failed/ too (`dicomnode queue retry`
+puts it back).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from tenacity import RetryCallState, wait_exponential, wait_random
 
-from dicomnode.config import DicomDestination, FolderDestination
+from dicomnode.config import DicomDestination, FolderDestination, RetryPolicy
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import OUTGOING, Spool, write_atomic
 
@@ -60,13 +69,32 @@ class ForwardLog(Protocol):
 
 
 def classify_status(status: int) -> Delivery:
+    """C-STORE response status -> sent / retry (transient) / failed (permanent)."""
     if status == 0x0000:
         return Delivery("sent", status, "success")
     if status in WARNING_STATUSES:
         return Delivery("sent", status, f"warning 0x{status:04X}")
     if 0xA700 <= status <= 0xA7FF:  # out of resources: transient
         return Delivery("retry", status, f"out of resources 0x{status:04X}")
-    return Delivery("failed", status, f"refused 0x{status:04X}")
+    if 0xA900 <= status <= 0xA9FF:
+        return Delivery("failed", status, f"permanent: data set does not match SOP class "
+                                          f"0x{status:04X}")  # fmt: skip
+    if 0xC000 <= status <= 0xCFFF:
+        return Delivery("failed", status, f"permanent: cannot understand 0x{status:04X}")
+    if status == 0x0122:
+        return Delivery("failed", status, "permanent: SOP class not supported 0x0122")
+    return Delivery("failed", status, f"permanent: refused 0x{status:04X}")
+
+
+def backoff_s(policy: RetryPolicy, attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): tenacity's exponential
+    wait (initial_s * multiplier**(attempt-1), capped at max_delay_s) plus uniform jitter."""
+    wait = wait_exponential(
+        multiplier=policy.initial_s, exp_base=policy.multiplier, max=policy.max_delay_s
+    ) + wait_random(0, policy.jitter_s)
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return float(wait(state))
 
 
 class DicomSender:
@@ -154,7 +182,11 @@ class DicomSender:
         explicit_ok = self._accepted(sop_class, ExplicitVRLittleEndian)
         implicit_ok = self._accepted(sop_class, ImplicitVRLittleEndian)
         if not (explicit_ok or implicit_ok):
-            return Delivery("failed", None, f"peer accepts {sop_class} in no syntax we offer")
+            if not any(cx.abstract_syntax == sop_class for cx in self.assoc.accepted_contexts):
+                return Delivery("failed", None,
+                                f"permanent: SOP class not supported by peer ({sop_class})")
+            return Delivery("failed", None,
+                            f"permanent: peer accepts {sop_class} in no syntax we offer")
         try:
             ds = pydicom.dcmread(path)
             if UID(ts).is_compressed:
@@ -206,8 +238,12 @@ class FolderSender:
         pass
 
 
+POLL_S = 1.0  # an idle forwarder still looks at its folder this often (operator `queue retry`)
+
+
 class Forwarder(threading.Thread):
-    """Drains outgoing/<dest>/ in arrival order. Transient failures pause this queue only."""
+    """Drains outgoing/<dest>/ in arrival order. A transient failure schedules the head of this
+    queue for later (time in its .json); the thread waits for that time, this queue only."""
 
     def __init__(
         self,
@@ -215,19 +251,22 @@ class Forwarder(threading.Thread):
         spool: Spool,
         forward_log: ForwardLog | None,
         calling_ae: str,
+        on_delivered: Any = None,
     ) -> None:
         super().__init__(name=f"forward-{dest.name}", daemon=True)
         self.dest = dest
         self.spool = spool
         self.forward_log = forward_log
+        self.on_delivered = on_delivered  # callable(dest, meta, delivery) or None
+        self.policy = dest.retry_policy
         if isinstance(dest, DicomDestination):
             self.sender: DicomSender | FolderSender = DicomSender(dest, calling_ae)
-            self.retry_delay_s = dest.retry_delay_s
             self.idle_release_s = dest.idle_release_s
         else:
             self.sender = FolderSender(dest)
-            self.retry_delay_s = 5.0
             self.idle_release_s = 0.0
+        # Schedules written before this start are ignored once: a restarted node tries at once.
+        self.started_at = time.time()
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
@@ -240,24 +279,47 @@ class Forwarder(threading.Thread):
         self.join(timeout)
 
     def run(self) -> None:
+        idle_since: float | None = None
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                if self._drain():  # a transient failure: wait before trying again
-                    self._wake.wait(self.retry_delay_s)
-                elif not self._wake.wait(self.idle_release_s or None):
-                    self.sender.release()  # idle: give the peer its association back
-                    self._wake.wait()
+                wait_s = self._drain()
+                if wait_s is None:  # nothing queued
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= self.idle_release_s:
+                        self.sender.release()  # idle: give the peer its association back
+                    self._wake.wait(POLL_S)
+                else:  # the head waits for its next attempt
+                    idle_since = None
+                    self._wake.wait(min(max(wait_s, 0.0), POLL_S))
+        except Exception:
+            log.exception("forwarder %s stopped", self.dest.name)
+            raise
         finally:
             self.sender.close()
 
-    def _drain(self) -> bool:
-        """Send everything queued; True if stopped by a transient failure."""
+    def _due_in(self, meta: dict) -> float:
+        """Seconds until this image may be tried again (<= 0: now)."""
+        due = meta.get("next_attempt_at")
+        scheduled = float(meta.get("scheduled_at") or 0.0)
+        if due is None or scheduled < self.started_at:
+            return 0.0
+        return float(due) - time.time()
+
+    def _drain(self) -> float | None:
+        """Send what is due, in order; None when the queue is empty, else seconds until the head
+        is due again (0.0 when stopping)."""
+        folder = self.spool.dir(OUTGOING, self.dest.name)
         for name in self.spool.names(OUTGOING, self.dest.name):
             if self._stopping.is_set():
-                return False
-            path = self.spool.dir(OUTGOING, self.dest.name) / f"{name}.dcm"
+                return 0.0
+            path = folder / f"{name}.dcm"
             meta = self.spool.read_meta(path)
+            wait_s = self._due_in(meta)
+            if wait_s > 0:
+                return wait_s  # in order: nothing behind the head goes first
+            if not path.exists():  # an operator purged or moved it meanwhile
+                continue
             sop_uid = str(meta.get("sop_instance_uid", ""))
             if isinstance(self.sender, FolderSender):
                 delivery = self.sender.send(path, sop_uid)
@@ -265,18 +327,38 @@ class Forwarder(threading.Thread):
                 delivery = self.sender.send(path)
             attempt = int(meta.get("attempts", 0)) + 1
             meta = {**meta, "attempts": attempt, "last_outcome": delivery.outcome,
-                    "last_status": delivery.status, "last_detail": delivery.detail}  # fmt: skip
+                    "last_status": delivery.status, "last_detail": delivery.detail,
+                    "last_attempt_at": time.time()}  # fmt: skip
+            meta.pop("next_attempt_at", None)
+            meta.pop("scheduled_at", None)
+            gave_up = delivery.outcome == "retry" and (
+                self.policy.max_attempts is not None and attempt >= self.policy.max_attempts
+            )
+            if gave_up:
+                delivery = Delivery("failed", delivery.status,
+                                    f"gave up after {attempt} attempts: {delivery.detail}")
+                meta["last_outcome"], meta["last_detail"] = "failed", delivery.detail
             self._record(meta, sop_uid, delivery, attempt)
             if delivery.outcome == "sent":
                 self.spool.mark_sent(self.dest.name, name, meta)
             elif delivery.outcome == "failed":
                 log.warning("%s: %s failed: %s", self.dest.name, sop_uid, delivery.detail)
+                meta["failed_at"] = time.time()
                 self.spool.mark_failed(self.dest.name, name, meta)
             else:
-                log.info("%s: %s will be retried: %s", self.dest.name, sop_uid, delivery.detail)
+                delay = backoff_s(self.policy, attempt)
+                meta["next_attempt_at"] = time.time() + delay
+                meta["scheduled_at"] = time.time()
+                log.info("%s: %s attempt %d: %s; next in %.1f s", self.dest.name, sop_uid,
+                         attempt, delivery.detail, delay)  # fmt: skip
                 write_atomic(path.with_suffix(".json"), _json(meta), self.spool.dir("tmp"))
-                return True
-        return False
+                return delay
+            if self.on_delivered is not None:
+                try:
+                    self.on_delivered(self.dest.name, meta, delivery)
+                except Exception:
+                    log.exception("delivery callback failed")
+        return None
 
     def _record(self, meta: dict, sop_uid: str, delivery: Delivery, attempt: int) -> None:
         if self.forward_log is None:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -114,6 +114,17 @@ class NodeMetrics:
             buckets=END_TO_END_BUCKETS,
             registry=self.registry,
         )
+        self.refused = Counter(
+            "dicomnode_images_refused",
+            "C-STOREs refused before anything was written, by reason (disk_low: free-space floor)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.disk_low = Gauge(
+            "dicomnode_disk_low",
+            "1 while the spool's free space is below the configured floor (images refused)",
+            registry=self.registry,
+        )
         self._gauges = _CallbackGauges(queue_depth, disk_paths or {})
         self.registry.register(self._gauges)
 
@@ -143,6 +154,12 @@ class NodeMetrics:
 
     def forward_failed(self, destination: str) -> None:
         self.failed.labels(destination=destination).inc()
+
+    def image_refused(self, reason: str) -> None:
+        self.refused.labels(reason=reason).inc()
+
+    def set_disk_low(self, low: int) -> None:
+        self.disk_low.set(low)
 
 
 class MetricsServer:

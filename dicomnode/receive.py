@@ -49,11 +49,16 @@ class Receiver:
     """The node's listening AE; `on_spooled(path)` is called once an instance is safely spooled."""
 
     def __init__(
-        self, config: ReceiveConfig, spool: Spool, on_spooled: Callable[[Path], None]
+        self,
+        config: ReceiveConfig,
+        spool: Spool,
+        on_spooled: Callable[[Path], None],
+        disk_guard: Any = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.on_spooled = on_spooled
+        self.disk_guard = disk_guard  # dicomnode.diskguard.DiskGuard or None
         self.ae = build_ae(config)
         self._server: Any = None
 
@@ -92,6 +97,11 @@ class Receiver:
             "sop_instance_uid": str(request.AffectedSOPInstanceUID),
             "transfer_syntax_uid": str(context.transfer_syntax),
         }
+        if self.disk_guard is not None:
+            # Below the free-space floor: refuse before writing anything (nothing half-written).
+            reason = self.disk_guard.refusal(_dataset_size(request))
+            if reason is not None:
+                return failure(STATUS_OUT_OF_RESOURCES, reason)
         try:
             # Preamble + file meta (built from the request and the context) + the dataset bytes
             # exactly as they arrived.
@@ -105,6 +115,14 @@ class Receiver:
         except Exception:  # the spool has it; the worker's start-up scan will find it
             log.exception("could not notify the pipeline of %s", path.name)
         return STATUS_SUCCESS
+
+
+def _dataset_size(request: Any) -> int:
+    try:
+        with request.DataSet.getbuffer() as view:  # no copy of the bytes
+            return int(view.nbytes)
+    except (AttributeError, ValueError, TypeError):
+        return 0
 
 
 def build_ae(config: ReceiveConfig) -> AE:
