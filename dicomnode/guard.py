@@ -328,6 +328,12 @@ class IsolatedDecoder:
             self._process.join(5)
         self._process = self._conn = None
 
+    def start(self) -> IsolatedDecoder:
+        """Spawn the worker now (the node does this before it listens), not on the first image."""
+        with self._lock:
+            self._ensure_worker()
+        return self
+
     def preprocess_file(self, path: str | Path):
         """uint8 (224, 224) for the DICOM file at `path`, or a PreprocessError subclass."""
         with self._lock:

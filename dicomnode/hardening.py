@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dicomnode.guard import IsolatedDecoder, Limits
 from dicomnode.security import (
     AccessPolicy,
     SecurityConfigError,
@@ -22,6 +21,9 @@ from dicomnode.security import (
     client_ssl_context,
     server_ssl_context,
 )
+
+if TYPE_CHECKING:
+    from dicomnode.guard import IsolatedDecoder, Limits
 
 LOGGER = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -72,6 +74,8 @@ class GuardConfig(_Strict):
     worker_memory_mib: float | None = Field(4096, gt=0)
 
     def limits(self) -> Limits:
+        from dicomnode.guard import Limits
+
         memory = int(self.worker_memory_mib * MiB) if self.worker_memory_mib else None
         return Limits(
             max_pixel_bytes=int(self.max_pixel_mib * MiB),
@@ -136,4 +140,6 @@ def health_tls_args(receive_config: Any) -> tuple[ssl.SSLContext, None] | None:
 
 def make_decoder(guard_config: GuardConfig) -> IsolatedDecoder | None:
     """One per pipeline worker thread (the decoder serialises its own calls)."""
+    from dicomnode.guard import IsolatedDecoder
+
     return IsolatedDecoder(guard_config.limits()) if guard_config.isolate else None
