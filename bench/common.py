@@ -10,7 +10,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DICOMNODE_SHARED", REPO_ROOT.parent / "shared")).resolve()
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
+# DICOMNODE_BENCH_RESULTS lets the smoke test write elsewhere than the committed results.
+RESULTS_DIR = Path(os.environ.get("DICOMNODE_BENCH_RESULTS", REPO_ROOT / "bench" / "results"))
 
 
 def machine() -> dict[str, object]:

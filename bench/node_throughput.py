@@ -1,0 +1,247 @@
+"""Node throughput beside a plain store-and-forward relay (issue 5, item 3).
+
+A sender streams N fresh instances over one association per input set to (a) bench/relay.py, a
+pynetdicom SCP that spools atomically and forwards (no parsing, no classification, no log) and
+(b) the node, started as deployed (`python -m dicomnode serve`, Int8 model, SQLite log, 1 worker);
+both forward to the same kind of sink SCP (bench/sink.py, its own process). Per input set:
+images/s end to end (first C-STORE sent -> last instance at the sink), median/p95 C-STORE reply time
+seen by the sender, median receive-to-forwarded latency (reply to the sender -> arrival at the
+sink), CPU seconds and peak RSS of the relay/node process.
+
+Run inside a loopback-only namespace, like the tests:
+  unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.node_throughput'
+  ... --quick (a few images per set: a smoke run), --profile (py-spy on the node, separate run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR, SHARED, median, percentile, print_table, write_json
+from bench.peers import (
+    RssSampler,
+    Server,
+    Template,
+    node_config,
+    start_node,
+    start_relay,
+    start_sink,
+    stream,
+    wait_arrivals,
+)
+
+CORPUS = "dicom/corpus/files"
+INPUT_SETS = {
+    # name: (files sent in turn, N, N with --quick)
+    "CR 1955x1841 (uncompressed + J2K lossless)": (
+        ["CR__RG1_UNCR.dcm", "CR__RG1_J2KR.dcm"], 300, 6,
+    ),
+    "DX 2614x3072 12-bit": (["DX__animals_cat.dcm"], 300, 4),
+    "small (CR 16x16 + CT 128x128)": (["CR__77654033_CR1_6154.dcm", "CT__CT_small.dcm"], 1000, 20),
+}
+GOALS = {"throughput_ratio_min": 0.9, "reply_ratio_max": 1.1, "node_rss_mb_max": 250.0}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def clear_sent(spool: Path) -> None:
+    """Delivered files are kept by design; drop them between sets so disk use stays bounded."""
+    sent = spool / "sent"
+    if sent.is_dir():
+        for path in sent.rglob("*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def run_set(target: Server, record: Path, called_ae: str, templates: list[Template], count: int,
+            spool: Path) -> dict[str, Any]:
+    load_before = load_average()
+    cpu_before = target.cpu_seconds()
+    sampler = RssSampler(target.ps)
+    sampler.start()
+    sent = stream(target.port, called_ae, templates, count)
+    arrivals = wait_arrivals(record, [s.uid for s in sent], timeout=max(120.0, 3.0 * count))
+    cpu_s = target.cpu_seconds() - cpu_before
+    rss_mb = sampler.stop()
+    last = max(arrivals[s.uid] for s in sent)
+    replies = [s.reply_ms for s in sent]
+    latencies = [(arrivals[s.uid] - s.replied) * 1000.0 for s in sent]
+    clear_sent(spool)
+    return {
+        "n": count,
+        "images_per_s": count / (last - sent[0].started),
+        "sender_only_images_per_s": count / (sent[-1].replied - sent[0].started),
+        "reply_ms_median": median(replies),
+        "reply_ms_p95": percentile(replies, 95),
+        "receive_to_forwarded_ms_median": median(latencies),
+        "receive_to_forwarded_ms_p95": percentile(latencies, 95),
+        "cpu_s": cpu_s,
+        "cpu_ms_per_image": cpu_s * 1000.0 / count,
+        "peak_rss_mb_in_set": rss_mb,
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+
+
+def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], int]],
+               profile: Path | None) -> dict[str, Any]:
+    workdir.mkdir(parents=True)
+    sink, record = start_sink(workdir)
+    target: Server | None = None
+    spy: subprocess.Popen | None = None
+    try:
+        if kind == "relay":
+            target = start_relay(workdir, sink.port)
+            called_ae, spool = "BENCHRELAY", workdir / "relay-spool"
+        else:
+            target = start_node(workdir, node_config(workdir, sink.port))
+            called_ae, spool = "DICOMNODE", workdir / "node-spool"
+        if profile is not None:
+            spy = start_profiler(target.process.pid, profile)
+        results = {name: run_set(target, record, called_ae, templates, count, spool)
+                   for name, (templates, count) in sets.items()}  # fmt: skip
+        results["process_peak_rss_mb"] = target.peak_rss_mb()  # type: ignore[assignment]
+        return results
+    finally:
+        if spy is not None:
+            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            spy.wait(60)
+        if target is not None:
+            target.stop()
+        sink.stop()
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen:
+    py_spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    spy = subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+         "--threads", "--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attached before the first image
+    return spy
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> the functions with the most samples, inclusive and self."""
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0]
+        # "func (path/to/file.py:123)" -> "func (file.py)": aggregate over lines of a function
+        names = [_frame_name(f) for f in frames[1:]]
+        total += count
+        threads[thread] += count
+        for name in set(names):
+            inclusive[name] += count
+        if names:
+            leaf[names[-1]] += count
+    def shares(counter: Counter[str]) -> list[tuple[str, int, float]]:
+        return [(n, c, round(100 * c / max(total, 1), 1)) for n, c in counter.most_common(top)]
+
+    return {"samples": total, "threads": dict(threads.most_common()),
+            "inclusive": shares(inclusive), "self": shares(leaf)}  # fmt: skip
+
+
+def _frame_name(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{name} ({short})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few images per set (smoke run)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every N by this")
+    parser.add_argument("--targets", default="relay,node")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record the node with py-spy (timings of that run are skewed)")
+    parser.add_argument("--output", default="node_throughput.json")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    try:
+        sets = {}
+        for name, (files, full_n, quick_n) in INPUT_SETS.items():
+            templates = [Template(SHARED / CORPUS / f, workdir) for f in files]
+            count = quick_n if args.quick else max(len(files), round(full_n * args.scale))
+            sets[name] = (templates, count)
+        results: dict[str, Any] = {}
+        profile_raw = RESULTS_DIR / "node_profile.raw.txt" if args.profile else None
+        for kind in args.targets.split(","):
+            print(f"-- {kind} (load {load_average()})", flush=True)
+            results[kind] = run_target(kind, workdir / kind, sets,
+                                       profile_raw if kind == "node" else None)  # fmt: skip
+        report(results, sets, args, profile_raw)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
+           profile_raw: Path | None) -> None:
+    rows = []
+    for name in sets:
+        for kind in results:
+            r = results[kind][name]
+            rows.append([name, kind, r["n"], f"{r['images_per_s']:.1f}",
+                         f"{r['reply_ms_median']:.1f}", f"{r['reply_ms_p95']:.1f}",
+                         f"{r['receive_to_forwarded_ms_median']:.1f}", f"{r['cpu_s']:.1f}",
+                         f"{r['peak_rss_mb_in_set']:.0f}", r["load_before"]])  # fmt: skip
+    print_table(["input set", "target", "N", "images/s", "reply ms median", "reply ms p95",
+                 "recv->fwd ms median", "CPU s", "peak RSS MB", "load before (1/5/15 min)"],
+                rows)  # fmt: skip
+    comparison = {}
+    if {"relay", "node"} <= results.keys():
+        print()
+        crows = []
+        for name in sets:
+            relay, node = results["relay"][name], results["node"][name]
+            throughput = node["images_per_s"] / relay["images_per_s"]
+            reply = node["reply_ms_median"] / relay["reply_ms_median"]
+            comparison[name] = {"throughput_ratio": throughput, "reply_ratio": reply}
+            crows.append([name, f"{throughput:.2f}x", _ok(throughput >= 0.9),
+                          f"{reply:.2f}x", _ok(reply <= 1.1)])  # fmt: skip
+        rss = results["node"]["process_peak_rss_mb"]
+        print_table(["input set", "node/relay images/s", ">= 0.9x", "node/relay reply median",
+                     "<= 1.1x"], crows)  # fmt: skip
+        print(f"\nnode peak RSS (VmHWM, whole run): {rss:.0f} MB  {_ok(rss <= 250)} (goal <= 250)")
+        print(f"relay peak RSS: {results['relay']['process_peak_rss_mb']:.0f} MB")
+    payload: dict[str, Any] = {"quick": args.quick, "scale": args.scale, "goals": GOALS,
+                               "results": results, "comparison": comparison}  # fmt: skip
+    if profile_raw is not None and profile_raw.is_file():
+        summary = summarise_profile(profile_raw)
+        payload["profile"] = summary
+        print(f"\npy-spy on the node: {summary['samples']} samples; top inclusive:")
+        for name, count, share in summary["inclusive"]:
+            print(f"  {share:5.1f}%  {count:6d}  {name}")
+        print("top self:")
+        for name, count, share in summary["self"]:
+            print(f"  {share:5.1f}%  {count:6d}  {name}")
+    print(f"\nwrote {write_json(args.output, payload)}")
+
+
+def _ok(passed: bool) -> str:
+    return "yes" if passed else "NO"
+
+
+if __name__ == "__main__":
+    main()

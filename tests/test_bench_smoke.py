@@ -1,0 +1,59 @@
+"""Every benchmark script still runs: its quickest mode, results written to a temporary folder.
+
+No timing assertions (speed is what the scripts report, not what tests check); each run must exit 0
+and write its JSON with the fields the README's tables come from. The node scripts start servers on
+127.0.0.1, so run inside `unshare -n` like the rest of the suite (`make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+QUICK_RUNS = {
+    "preprocess.json": ["bench.preprocess", "--repeat", "1"],
+    "classifier.json": ["bench.classifier", "--quick"],
+    "node_throughput.json": ["bench.node_throughput", "--quick"],
+    "log_queries.json": [
+        "bench.log_queries", "--rows", "2000", "--repeat", "1", "--backends", "sqlite",
+    ],
+}
+
+
+def run_quick(module_args: list[str], results: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DICOMNODE_BENCH_RESULTS": str(results)}
+    done = subprocess.run(
+        [sys.executable, "-m", *module_args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    output = f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"{module_args} failed:\n{output}"
+    return done
+
+
+@pytest.mark.parametrize("result_name", list(QUICK_RUNS))
+def test_bench_script_runs_and_writes_json(
+    result_name: str, tmp_path: Path, shared: Path
+) -> None:
+    run_quick(QUICK_RUNS[result_name], tmp_path)
+    written = tmp_path / result_name
+    assert written.is_file(), f"{QUICK_RUNS[result_name][0]} wrote no {result_name}"
+    payload = json.loads(written.read_text())
+    assert payload["machine"]["cores"] >= 1
+    if result_name == "classifier.json":
+        assert set(payload["variants"]) >= {"int8"}
+        int8 = payload["variants"]["int8"]["threads_1"]
+        assert int8["steady"]["n"] == 20 and int8["steady"]["median_ms"] > 0
+        assert payload["node_first_image"]["n"] == 5
+    if result_name == "node_throughput.json":
+        for target in ("relay", "node"):
+            sets = {k: v for k, v in payload["results"][target].items() if isinstance(v, dict)}
+            assert len(sets) == 3 and all(s["images_per_s"] > 0 for s in sets.values())
+        assert payload["results"]["node"]["process_peak_rss_mb"] > 0
