@@ -118,9 +118,20 @@ def serve(
         f"spool {node_config.spool.path}; log {node_config.log.url}; destinations: {dests}",
         err=True,
     )
+    watcher = None
+    if config is not None and node_config.watch.config:
+        from dicomnode.watch import ConfigWatcher, apply_config
+
+        def reload_config() -> NodeConfig:  # same flags over the new file
+            return apply_overrides(load_config(config), host, port, ae_title, outbox, db)
+
+        watcher = ConfigWatcher(config, reload_config, lambda new: apply_config(node, new))
+        watcher.start()
     try:
         stop.wait()
     finally:
+        if watcher is not None:
+            watcher.stop()
         node.stop()
 
 

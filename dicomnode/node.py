@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier, load_manifest
 from dicomnode.config import NodeConfig
+from dicomnode.diskguard import DiskGuard
 from dicomnode.forward import Forwarder
 from dicomnode.pipeline import Pipeline
 from dicomnode.receive import Receiver
@@ -40,6 +41,7 @@ class Node:
         self.forwarders: dict[str, Forwarder] = {}
         self.pipeline: Pipeline | None = None
         self.receiver: Receiver | None = None
+        self.inbox: Any = None  # dicomnode.watch.InboxWatcher when config.inbox.path is set
 
     def _classifier(self) -> ViewClassifier:
         models_dir = self.config.classify.models_dir or DEFAULT_MODELS_DIR
@@ -77,8 +79,22 @@ class Node:
         self._register_model()
         for forwarder in self.forwarders.values():
             forwarder.start()
-        self.receiver = Receiver(self.config.receive, self.spool, self.pipeline.submit)
+        self.receiver = Receiver(
+            self.config.receive, self.spool, self.pipeline.submit, disk_guard=self._disk_guard()
+        )
         self.receiver.start()
+        if self.config.inbox.path is not None:  # drop folder: files processed like received ones
+            from dicomnode.watch import InboxWatcher
+
+            self.inbox = InboxWatcher(
+                self.config.inbox.path, self.spool, self.pipeline.submit,
+                self.config.inbox.settle_s,
+            ).start()  # fmt: skip
+
+    def _disk_guard(self) -> DiskGuard:
+        return DiskGuard(
+            self.spool.root, self.config.disk.min_free_mb, getattr(self, "metrics", None)
+        )
 
     def _register_model(self) -> None:
         """Record the loaded model (sha256 + manifest) in the log's model table."""
@@ -121,6 +137,9 @@ class Node:
 
     def stop(self) -> None:
         # Reverse order: stop accepting, let workers finish the file in hand, then forwarders.
+        if self.inbox is not None:
+            self.inbox.stop()
+            self.inbox = None
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
