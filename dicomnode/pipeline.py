@@ -23,8 +23,9 @@ from dicomnode import route as routing
 from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
+from dicomnode.guard import IsolatedDecoder, Limits, preprocess_guarded
 from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form
-from dicomnode.preprocess import PreprocessError, preprocess_dataset
+from dicomnode.preprocess import PreprocessError
 from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
 
 log = logging.getLogger(__name__)
@@ -78,29 +79,38 @@ class Pipeline:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self.model_sha256: str | None = None  # of the loaded model, once started
+        # Hostile-input limits: the `guard:` config section (security), defaults until it exists.
+        guard = getattr(config, "guard", None)
+        self.limits = guard.limits() if guard is not None else Limits()
+        self.isolate_decode = bool(getattr(guard, "isolate", True))
+        self._decoders: list[IsolatedDecoder] = []
 
     @property
     def classifies(self) -> bool:
         return bool(self.config.classify.modalities)
 
     def start(self) -> None:
-        """Load and warm one classifier per worker, then resume what the spool holds."""
-        classifiers: list[ViewClassifier | None] = []
+        """Load and warm one classifier (and decode process) per worker, then resume the spool."""
+        workers: list[tuple[ViewClassifier | None, IsolatedDecoder | None]] = []
         for _ in range(self.config.classify.workers):
+            classifier = decoder = None
             if self.classifies and self.classifier_factory is not None:
-                classifiers.append(self.classifier_factory())
-            else:
-                classifiers.append(None)
-        loaded = [c for c in classifiers if c is not None]
+                classifier = self.classifier_factory()
+                if self.isolate_decode:
+                    decoder = IsolatedDecoder(self.limits)
+                    decoder._ensure_worker()  # spawn now: the first image must not pay for it
+                    self._decoders.append(decoder)
+            workers.append((classifier, decoder))
+        loaded = [c for c, _ in workers if c is not None]
         self.model_sha256 = loaded[0].sha256 if loaded else None
         resumed = self.spool.resume()
         for name in self.spool.names(INCOMING):
             self._queue.put(name)
         if resumed:
             log.info("resumed %d instances left in processing/", resumed)
-        for index, classifier in enumerate(classifiers):
+        for index, (classifier, decoder) in enumerate(workers):
             worker = threading.Thread(
-                target=self._work, args=(classifier,), name=f"classify-{index}", daemon=True
+                target=self._work, args=(classifier, decoder), name=f"classify-{index}", daemon=True
             )
             worker.start()
             self._workers.append(worker)
@@ -114,13 +124,16 @@ class Pipeline:
         for worker in self._workers:
             worker.join(timeout)
         self._workers.clear()
+        for decoder in self._decoders:
+            decoder.close()
+        self._decoders.clear()
 
     def idle(self) -> bool:
         with self._busy_lock:
             busy = self._busy
         return busy == 0 and self._queue.empty() and not self.spool.names(INCOMING)
 
-    def _work(self, classifier: ViewClassifier | None) -> None:
+    def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None) -> None:
         while True:
             name = self._queue.get()
             if name is _STOP:
@@ -128,7 +141,7 @@ class Pipeline:
             with self._busy_lock:
                 self._busy += 1
             try:
-                self.process(name, classifier)
+                self.process(name, classifier, decoder)
             except Exception as exc:  # a bug must not stop the worker or lose the instance
                 log.exception("pipeline failed on %s", name)
                 meta = self.spool.read_meta(self.spool.dir(PROCESSING) / f"{name}.dcm")
@@ -140,7 +153,12 @@ class Pipeline:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def process(self, name: str, classifier: ViewClassifier | None) -> InstanceLogEntry | None:
+    def process(
+        self,
+        name: str,
+        classifier: ViewClassifier | None,
+        decoder: IsolatedDecoder | None = None,
+    ) -> InstanceLogEntry | None:
         path = self.spool.claim(name)
         if path is None:  # another worker has it, or it was queued twice
             return None
@@ -171,7 +189,7 @@ class Pipeline:
             entry.action = "unreadable"
             entry.error = f"cannot parse dataset: {type(exc).__name__}: {exc}"
         if ds is not None and (entry.modality or "").upper() in self._modalities():
-            payload = self._classify_and_tag(name, path, ds, entry, classifier, meta)
+            payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder, meta)
         entry.processing_ms = (time.perf_counter() - started) * 1000.0
         decision = routing.route(self.config, entry, ds)
         entry.routing = decision.as_log()
@@ -208,6 +226,7 @@ class Pipeline:
         ds: Dataset,
         entry: InstanceLogEntry,
         classifier: ViewClassifier | None,
+        decoder: IsolatedDecoder | None,
         meta: dict[str, Any],
     ) -> Path:
         """Returns the file to forward: the received one, or a tagged copy in processing/."""
@@ -215,7 +234,8 @@ class Pipeline:
             entry.action, entry.error = "skipped", "no classifier loaded"
             return path
         try:
-            grey = preprocess_dataset(ds)
+            # Guarded decode: size limits from the header, and (isolated) a killable process.
+            grey = decoder.preprocess_file(path) if decoder else preprocess_guarded(ds, self.limits)
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
             return path
