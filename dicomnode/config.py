@@ -20,6 +20,15 @@ from pydantic import (
     model_validator,
 )
 
+# Access control, TLS, hostile-input limits and metrics (security engineer's sections).
+from dicomnode.hardening import (
+    AllowedCallers,
+    GuardConfig,
+    MetricsConfig,
+    TLSConfig,
+    validate_allowed_callers,
+)
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "dicomnode.yaml"
 
 # ViewPosition (0018,5101) defined terms; the model's "LA" must be mapped to one of these.
@@ -54,6 +63,17 @@ class ReceiveConfig(_Strict):
             raise ValueError("AE title: 1-16 ASCII characters, no backslash, not all spaces")
         return value.strip()
 
+    # Concurrent associations beyond this are rejected (transient, local limit exceeded).
+    max_associations: int = Field(32, ge=1, le=1000)
+    # [AE, ...] or {AE: [address or network, ...] | null}; unset: any calling AE may associate.
+    allowed_callers: AllowedCallers = None
+    tls: TLSConfig | None = None  # DICOM TLS on the listening port (no plain-TCP fallback)
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _valid_callers(cls, value: AllowedCallers) -> AllowedCallers:
+        return validate_allowed_callers(value)
+
 
 class SpoolConfig(_Strict):
     path: Path = Path("var/spool")
@@ -66,11 +86,6 @@ class ClassifyConfig(_Strict):
     variant: str | None = None  # None: the manifest's default_variant (the Int8 model)
     workers: int = Field(1, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1, le=64)
-    # isolated: decode in a killable child process per worker (a decoder crash or hang costs one
-    # image, not the node); in_process: faster start, header size checks only.
-    decode: Literal["isolated", "in_process"] = "isolated"
-    decode_timeout_s: float = Field(30.0, gt=0)
-    max_pixel_mib: int = Field(512, ge=1)
 
 
 class TagConfig(_Strict):
@@ -144,6 +159,7 @@ class DicomDestination(_Strict):
     )  # release the reused association after this idle time
     retry_delay_s: float = Field(5.0, ge=0.0)  # older form of retry.initial_s (used if no retry:)
     retry: RetryPolicy = RetryPolicy()
+    tls: TLSConfig | None = None  # DICOM TLS to this destination
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -335,6 +351,8 @@ class NodeConfig(_Strict):
     disk: DiskConfig = DiskConfig()
     inbox: InboxConfig = InboxConfig()
     watch: WatchConfig = WatchConfig()
+    guard: GuardConfig = GuardConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("destinations")
     @classmethod

@@ -34,6 +34,7 @@ from pynetdicom.association import Association
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from dicomnode.config import DicomDestination, FolderDestination, RetryPolicy
+from dicomnode.hardening import destination_tls_args
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import OUTGOING, Spool, write_atomic
 
@@ -106,6 +107,7 @@ class DicomSender:
         self.ae.acse_timeout = dest.acse_timeout
         self.ae.dimse_timeout = dest.dimse_timeout
         self.ae.network_timeout = dest.network_timeout
+        self.tls_args = destination_tls_args(dest)  # None: plain TCP
         self.assoc: Association | None = None
         # (SOP class, transfer syntax) pairs to propose, oldest first; each pair is its own context
         # so the peer can accept or refuse every transfer syntax separately.
@@ -136,6 +138,7 @@ class DicomSender:
             self.dest.port,
             ae_title=self.dest.ae_title,
             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+            tls_args=self.tls_args,
         )
         if not assoc.is_established:
             return None

@@ -20,6 +20,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import ReceiveConfig
+from dicomnode.hardening import receive_security
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,18 @@ class Receiver:
         self._server: Any = None
 
     def start(self) -> tuple[str, int]:
+        # allow-list + called-AE check (EVT_REQUESTED) and the TLS context, from receive config
+        security_handlers, ssl_context = receive_security(self.config)
         handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_C_STORE, self.handle_store),
+            *security_handlers,
         ]
         self._server = self.ae.start_server(
-            (self.config.host, self.config.port), block=False, evt_handlers=handlers
+            (self.config.host, self.config.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
         )
         host, port = self._server.server_address[:2]
         log.info("listening as %s on %s:%d", self.config.ae_title, host, port)
@@ -131,7 +138,7 @@ def build_ae(config: ReceiveConfig) -> AE:
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    ae.maximum_associations = 32
+    ae.maximum_associations = config.max_associations
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     # Every storage SOP class (retired ones too) in every transfer syntax pydicom knows: the node
     # stores whatever a modality sends; decoding problems are the pipeline's to log, not a refusal.

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -28,6 +29,7 @@ from dicomnode.security import (
 )
 
 NODE_AE = "DICOMNODE"
+NO_CLASSIFY = {"classify": {"modalities": []}}  # these tests are about the network side
 
 
 # --- certificates -----------------------------------------------------------------------------
@@ -327,3 +329,84 @@ def test_tls_settings_errors_name_the_file(pki, tmp_path):
                 ca_certificates=pki / "ca.pem",
             )
         )
+
+
+# --- wired into the node (receive.allowed_callers / max_associations / tls, destination tls) ---
+
+
+def _node_tls(pki: Path, **extra) -> dict:
+    return {
+        "certificate": str(pki / "server.pem"),
+        "private_key": str(pki / "server.key"),
+        "ca_certificates": str(pki / "ca.pem"),
+        **extra,
+    }
+
+
+def test_node_enforces_the_allow_list_and_its_called_ae(start_node):
+    node = start_node([], receive={"allowed_callers": {"MODALITY": ["127.0.0.0/8"]}}, **NO_CLASSIFY)
+    port = node.port
+    assert _associate(port).is_established  # MODALITY from 127.0.0.1
+    assert _rejection_codes(_associate(port, calling="INTRUDER")) == (1, 1, 3)
+    assert _rejection_codes(_associate(port, called="NOTTHENODE")) == (1, 1, 7)
+    # the node's own AE title from loopback is admitted, for `dicomnode health`
+    assert _associate(port, calling=NODE_AE).is_established
+
+
+def test_node_limits_concurrent_associations(start_node):
+    node = start_node([], receive={"max_associations": 1}, **NO_CLASSIFY)
+    first = _associate(node.port)
+    assert first.is_established
+    try:
+        # rejected-transient, service-provider (presentation), local-limit-exceeded
+        assert _rejection_codes(_associate(node.port)) == (2, 3, 2)
+    finally:
+        first.release()
+    second = _associate(node.port)
+    assert second.is_established
+    second.release()
+
+
+def test_node_receives_over_tls_and_forwards_over_tls(start_node, pki, tmp_path):
+    # the destination: a TLS SCP that requires the node's client certificate
+    sink_port = None
+    stored = []
+    ae = AE(ae_title="SINK")
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_supported_context(Verification)
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        ssl_context=_server_tls(pki),
+        evt_handlers=[(evt.EVT_C_STORE, lambda e: stored.append(e.dataset.SOPInstanceUID) or 0)],
+    )
+    try:
+        sink_port = server.server_address[1]
+        destination = {
+            "name": "tls-sink", "type": "dicom", "ae_title": "SINK", "host": "127.0.0.1",
+            "port": sink_port, "retry_delay_s": 0.5,
+            "tls": {
+                "certificate": str(pki / "client.pem"),
+                "private_key": str(pki / "client.key"),
+                "ca_certificates": str(pki / "ca.pem"),
+            },
+        }  # fmt: skip
+        node = start_node(
+            [destination],
+            receive={"tls": _node_tls(pki), "allowed_callers": ["MODALITY"]},
+            **NO_CLASSIFY,
+        )
+        dicom_file = _ct_file(tmp_path)
+        sent = _storescu_tls(pki, "client.key", "client.pem", node.port, dicom_file)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert node.wait_idle(60)
+        assert stored == [pydicom.dcmread(dicom_file).SOPInstanceUID]
+        refused = _storescu_tls(pki, "rogue-client.key", "rogue-client.pem", node.port, dicom_file)
+        assert refused.returncode != 0
+        plain = subprocess.run(
+            ["echoscu", "-aet", "MODALITY", "-aec", NODE_AE, "127.0.0.1", str(node.port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert plain.returncode != 0  # no plain-TCP fallback on a TLS port
+    finally:
+        server.shutdown()
