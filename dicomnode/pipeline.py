@@ -98,7 +98,7 @@ class Pipeline:
                 classifier = self.classifier_factory()
                 if self.isolate_decode:
                     decoder = IsolatedDecoder(self.limits)
-                    decoder._ensure_worker()  # spawn now: the first image must not pay for it
+                    decoder.start()  # spawn now: the first image must not pay for it
                     self._decoders.append(decoder)
             workers.append((classifier, decoder))
         loaded = [c for c, _ in workers if c is not None]
