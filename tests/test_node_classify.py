@@ -120,3 +120,30 @@ def test_storescu_to_node_to_orthanc_and_scp(
     attempts = forward_rows(node)
     assert len(attempts) == 8 and {a.outcome for a in attempts} == {"sent"}
     assert {a.instance_id for a in attempts} == {r.id for r in rows}
+
+
+def test_in_process_decode_and_overwrite_policy(start_node, recording_scp, tmp_path: Path, shared):
+    """guard.isolate: false (decode in the worker thread) gives the same answers; on_disagree:
+    overwrite replaces a contradicting ViewPosition and records the previous value."""
+    contradicting = pydicom.dcmread(RG1_J2KR)
+    contradicting.ViewPosition = "LL"  # a chest PA image labelled lateral by its "modality"
+    contradicting.save_as(tmp_path / "contradicting.dcm")
+    node = start_node(
+        [recording_scp.destination()],
+        guard={"isolate": False},
+        tag={"on_disagree": "overwrite"},
+    )
+    for path, option in ((CHEST_PA, "-xy"), (tmp_path / "contradicting.dcm", "-xv")):
+        result = storescu(node.port, path, options=("-R", option))
+        assert result.returncode == 0, result.stderr
+    recording_scp.wait_for(2)
+    assert node.wait_idle(60)
+    rows = instance_rows(node)
+    assert [(r.action, r.view_position_before, r.view_position_after) for r in rows] == [
+        ("agrees", "PA", "PA"),
+        ("overwritten", "LL", "AP"),
+    ]
+    ds = recording_scp.by_uid(contradicting.SOPInstanceUID).dataset()
+    assert ds.ViewPosition == "AP"
+    assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].ViewPosition == "LL"
+    assert ds.PixelData == contradicting.PixelData
