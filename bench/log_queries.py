@@ -8,6 +8,8 @@ different random study / day each run):
   study      - all instances of one study (with delivery status)
   day page   - one UTC day: the first page of 100 rows plus the total count (what the CLI/web show)
   day all    - one UTC day: every row (~N/365), with delivery status
+  summary    - `dicomnode log summary` / the web summary page, for one day and for all N rows
+  record_instance - one append (instance row + model-version upsert), single thread, on the full log
 Goal: study and day page < 100 ms on both backends.
 
 Run (starts a private PostgreSQL on a loopback port, as the tests do; needs Debian postgresql):
@@ -27,7 +29,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.common import median, percentile, print_table, write_json
-from dicomnode.logdb.query import LogFilter, count_instances, find_instances
+from dicomnode.logdb.entry import InstanceLogEntry
+from dicomnode.logdb.query import LogFilter, count_instances, find_instances, summarise
 from dicomnode.logdb.store import LogStore
 
 START = datetime(2025, 1, 1)  # naive UTC, the stored form
@@ -45,6 +48,7 @@ ATTEMPT_COLUMNS = ("instance_id", "sop_instance_uid", "destination", "outcome", 
 ACTIONS = ("written", "written", "agrees", "disagrees", "overwritten", "uncertain", "skipped")
 ROUTING = json.dumps({"rules": ["all"], "destinations": ["PACS"]})
 MODELS = ("a" * 64, "b" * 64)
+GOAL_QUERIES = ("study", "day page")  # the issue's < 100 ms goal; the rest are for reference
 
 
 def study_uid(study: int) -> str:
@@ -162,13 +166,35 @@ def run_queries(store: LogStore, rows: int, repeat: int) -> dict[str, dict[str, 
     def day_all(day: datetime) -> None:
         assert len(find_instances(store, day_filter(day), limit=None)) >= rows // DAYS
 
+    def summary_day(day: datetime) -> None:
+        assert summarise(store, day_filter(day))["instances"] >= rows // DAYS
+
+    def summary_all(_: object) -> None:
+        assert summarise(store)["instances"] >= rows
+
+    entry = InstanceLogEntry(
+        received_at=datetime.now(timezone.utc), calling_ae="CR_ROOM1", called_ae="DICOMNODE",
+        peer_address="10.0.0.7", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        sop_instance_uid="2.25.1", study_instance_uid="2.25.2", series_instance_uid="2.25.3",
+        modality="CR", patient_id="PAT", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        action="written", label="AP", probability_ap=0.9, probability_la=0.1, confidence=0.9,
+        model_sha256=MODELS[1], view_position_after="AP",
+        routing={"rules": ["all"], "destinations": ["PACS"]},
+    )  # fmt: skip
+
+    def write_row(_: object) -> None:
+        store.record_instance(entry)
+
     results = {}
     for name, function, keys in (
         ("study", by_study, studies),
         ("day page", day_page, days),
         ("day all", day_all, days),
+        ("summary day", summary_day, days),
+        ("summary all", summary_all, [None] * 5),
+        ("record_instance", write_row, [None] * (10 * repeat + 2)),  # last: it adds rows
     ):
-        samples = timed(function, repeat, keys)
+        samples = timed(function, len(keys) - 2, keys)
         results[name] = {"median_ms": median(samples), "p90_ms": percentile(samples, 90),
                          "runs": len(samples)}  # fmt: skip
     return results
@@ -217,7 +243,9 @@ def main() -> None:
     table = []
     for backend, result in report.items():
         for name, timing in result["queries"].items():
-            goal = "" if name == "day all" else ("yes" if timing["median_ms"] < 100 else "NO")
+            goal = ""
+            if name in GOAL_QUERIES:
+                goal = "yes" if timing["median_ms"] < 100 else "NO"
             table.append([backend, name, f"{timing['median_ms']:.1f}", f"{timing['p90_ms']:.1f}",
                           goal])  # fmt: skip
     print()

@@ -58,6 +58,21 @@ def test_bare_path_is_an_sqlite_database(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "bare.db").st_mode) == 0o600
 
 
+def test_plain_postgresql_url_uses_psycopg(postgres_url):
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with LogStore.open(plain) as log:
+        assert log.engine.dialect.driver == "psycopg"
+        log.record_instance(make_entry(1))
+
+
+def test_in_memory_sqlite_is_shared_between_threads():
+    with LogStore.open("sqlite://") as log:
+        worker = threading.Thread(target=log.record_instance, args=(make_entry(1),))
+        worker.start()
+        worker.join()
+        assert fetch(log, "SELECT count(*) FROM instances")[0][0] == 1
+
+
 def test_record_instance_appends_rows_with_ids(store):
     first = store.record_instance(make_entry(1))
     second = store.record_instance(make_entry(2, action="uncertain", label=None, confidence=0.51))

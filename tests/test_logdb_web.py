@@ -99,6 +99,11 @@ def test_browser_search_open_study_and_summary(view, tmp_path):
             assert shot.stat().st_size > 10_000
 
             page.click("nav a[href='/summary']")
+            assert "Last 30 days" in page.inner_text("#window")
+            page.fill("input[name=since]", "2026-11-01")
+            page.click("#summarise")
+            page.wait_for_url("**/summary?*since=2026-11-01*")
+            assert "6 instances" in page.inner_text("#totals")
             assert page.inner_text("#disagreement") == "66.7%"
             assert page.locator("svg[role=img]").count() >= 6
             assert "PACS" in page.inner_text("#delivery")

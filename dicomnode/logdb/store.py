@@ -44,9 +44,13 @@ def utcnow() -> datetime:
 
 
 def normalise_url(url: str) -> str:
-    """Accept a bare filesystem path as shorthand for an SQLite database."""
+    """Accept a bare filesystem path as shorthand for an SQLite database, and a plain
+    postgresql:// URL as meaning the psycopg (3) driver the project ships, not psycopg2."""
     if "://" not in url:
         return f"sqlite:///{Path(url).expanduser().absolute()}"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
     return url
 
 

@@ -32,6 +32,7 @@ from dicomnode.logdb.query import (
 from dicomnode.logdb.store import LogStore
 
 PAGE_SIZE = 50
+SUMMARY_DEFAULT_DAYS = 30
 TOKEN_COOKIE = "dicomnode_token"
 FILTER_FIELDS = (
     # (query parameter, label, input type)
@@ -308,11 +309,38 @@ def percent(rate: float | None) -> str:
     return "n/a" if rate is None else f"{100 * rate:.1f}%"
 
 
+SUMMARY_FIELDS = ("since", "until", "calling_ae", "modality", "model")
+
+
+def summary_form(params: dict[str, str]) -> str:
+    inputs = "".join(
+        f"<label>{escape(label)}<input type='text' name='{name}' "
+        f"value='{escape(params.get(name, ''))}'></label>"
+        for name, label, _ in FILTER_FIELDS
+        if name in SUMMARY_FIELDS
+    )
+    return (
+        f"<form class='filters' method='get' action='/summary'>{inputs}"
+        "<button type='submit' id='summarise'>Summarise</button></form>"
+    )
+
+
 def summary_page(store: LogStore, params: dict[str, str], settings: ViewSettings) -> str:
+    params = dict(params)
+    note = ""
+    if not any(params.get(k) for k in ("since", "until", "day")):
+        # why: a summary scans every matching row (seconds over millions); default to a window
+        start = datetime.now(timezone.utc) - timedelta(days=SUMMARY_DEFAULT_DAYS)
+        params["since"] = start.strftime("%Y-%m-%dT%H:%M")
+        note = (
+            f"<p id='window'>Last {SUMMARY_DEFAULT_DAYS} days; set “Received from” for "
+            "another period.</p>"
+        )
+    body = summary_form(params) + note
     try:
         log_filter = filter_from_params(params, settings)
     except BadRequest as exc:
-        return page("Summary", f"<p class='error'>{escape(str(exc))}</p>")
+        return page("Summary", body + f"<p class='error'>{escape(str(exc))}</p>")
     s = summarise(store, log_filter)
     d, u = s["disagreement"], s["uncertain"]
     charts = [
@@ -347,7 +375,7 @@ def summary_page(store: LogStore, params: dict[str, str], settings: ViewSettings
         f"<td>{p['instances_deleted']}</td><td>{p['forward_attempts_deleted']}</td></tr>"
         for p in s["purges"]
     )
-    body = (
+    body += (
         f"<p id='totals'>{s['instances']} instances. Disagreement with the modality: "
         f"<b id='disagreement'>{percent(d['rate'])}</b> ({d['count']} of {d['compared']}). "
         f"Uncertain: <b id='uncertain'>{percent(u['rate'])}</b> ({u['count']} of "
