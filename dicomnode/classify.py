@@ -108,7 +108,8 @@ class ViewClassifier:
 
     def predict(self, grey224: np.ndarray) -> Prediction:
         """uint8 (224, 224) from dicomnode.preprocess -> Prediction."""
-        batch = np.repeat(grey224[np.newaxis, :, :, np.newaxis], 3, axis=3).astype(self._input_dtype)
+        grey = grey224[np.newaxis, :, :, np.newaxis]
+        batch = np.repeat(grey, 3, axis=3).astype(self._input_dtype)
         started = time.perf_counter()
         self._interpreter.set_tensor(self._input_index, batch)
         self._interpreter.invoke()
