@@ -243,3 +243,24 @@ def test_two_nodes_in_separate_processes_keep_a_complete_log(db_url):
         assert mismatched == 0
         assert fetch(log, "SELECT count(*) FROM forward_attempts")[0][0] == 2 * count
         assert fetch(log, "SELECT count(*) FROM model_versions")[0][0] == 1
+
+
+def test_retention_worker_purges_on_start_and_records_it(store):
+    from dicomnode.config import parse_config
+    from dicomnode.logdb.retention import start_retention
+
+    now = datetime.now(timezone.utc)
+    store.record_instance(make_entry(1, received_at=now - timedelta(days=100)))
+    store.record_instance(make_entry(2, received_at=now))
+    assert start_retention(store, parse_config("log: {}\n").log) is None
+    worker = start_retention(store, parse_config("log:\n  retention_days: 90\n").log)
+    try:
+        for _ in range(200):  # the first purge runs at start; wait for it without a fixed sleep
+            if worker.purges:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        worker.stop()
+    assert worker.purges >= 1
+    assert fetch(store, "SELECT count(*) FROM instances")[0][0] == 1
+    assert fetch(store, "SELECT requested_by, instances_deleted FROM purges")[0] == ("retention", 1)
