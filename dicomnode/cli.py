@@ -243,5 +243,22 @@ def echo(
         raise typer.Exit(1)
 
 
+@app.command()
+def health(
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(help="seconds for the C-ECHO and the database")] = 10.0,
+    min_free_mib: Annotated[
+        float, typer.Option("--min-free-mib", help="unhealthy below this free space on the spool")
+    ] = 512.0,
+) -> None:
+    """Check the running node: C-ECHO its listener (TLS when configured), the log database and
+    the spool's free space. One line; exit 0 when healthy, 1 when not (systemd, Docker)."""
+    from dicomnode.health import check_health
+
+    report = check_health(_load(config), timeout, int(min_free_mib * 1024 * 1024))
+    typer.echo(report.line)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

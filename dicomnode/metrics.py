@@ -13,7 +13,9 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -155,6 +157,21 @@ class NodeMetrics:
     def forward_failed(self, destination: str) -> None:
         self.failed.labels(destination=destination).inc()
 
+    def image_processed(self, entry: Any) -> None:
+        """Pipeline hook: one InstanceLogEntry after classify/tag (skipped images count nowhere)."""
+        if entry.action == "unreadable":
+            self.image_unreadable()
+        elif entry.label:
+            inference_ms = entry.inference_ms
+            self.image_classified(entry.label, inference_ms / 1000 if inference_ms else None)
+
+    def on_delivered(self, destination: str, meta: Mapping[str, Any], delivery: Any) -> None:
+        """Forwarder hook (on_delivered): final outcome of one image at one destination."""
+        if delivery.outcome == "sent":
+            self.image_forwarded(destination, _seconds_since(meta.get("received_at")))
+        else:
+            self.forward_failed(destination)
+
     def image_refused(self, reason: str) -> None:
         self.refused.labels(reason=reason).inc()
 
@@ -207,3 +224,47 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _seconds_since(received_at: Any) -> float | None:
+    try:
+        start = datetime.fromisoformat(str(received_at))
+    except (TypeError, ValueError):
+        return None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    return max(0.0, (datetime.now(timezone.utc) - start).total_seconds())
+
+
+def attach_to_node(node: Any) -> MetricsServer | None:
+    """Point node.metrics at the node's parts (queue depth, disk, receive, forward hooks) and
+    serve it when `metrics.enabled`. Called at the end of Node.start; returns the server."""
+    from dicomnode.logdb.store import normalise_url, sqlite_file
+    from dicomnode.spool import OUTGOING
+
+    metrics: NodeMetrics = node.metrics
+    metrics.set_queue_depth_source(
+        lambda: {name: len(node.spool.names(OUTGOING, name)) for name in node.forwarders}
+    )
+    metrics.add_disk_path("spool", node.spool.root)
+    database = sqlite_file(normalise_url(node.config.log.url))
+    if database is not None:
+        metrics.add_disk_path("log", database.parent)
+    for forwarder in node.forwarders.values():
+        forwarder.on_delivered = metrics.on_delivered
+    if node.pipeline is not None:
+        node.pipeline.metrics = metrics
+    if node.receiver is not None:
+        spooled = node.receiver.on_spooled
+
+        def count_then_queue(path: Path) -> None:
+            metrics.image_received()
+            spooled(path)
+
+        node.receiver.on_spooled = count_then_queue
+    settings = node.config.metrics
+    if not settings.enabled:
+        return None
+    server = MetricsServer(metrics, settings.host, settings.port)
+    server.start()
+    return server

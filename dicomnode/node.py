@@ -16,6 +16,7 @@ from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier, l
 from dicomnode.config import NodeConfig
 from dicomnode.diskguard import DiskGuard
 from dicomnode.forward import Forwarder
+from dicomnode.metrics import MetricsServer, NodeMetrics, attach_to_node
 from dicomnode.pipeline import Pipeline
 from dicomnode.receive import Receiver
 from dicomnode.spool import OUTGOING, Spool
@@ -41,6 +42,8 @@ class Node:
         self.forwarders: dict[str, Forwarder] = {}
         self.pipeline: Pipeline | None = None
         self.receiver: Receiver | None = None
+        self.metrics = NodeMetrics()  # counted always; served only when metrics.enabled
+        self.metrics_server: MetricsServer | None = None
         self.inbox: Any = None  # dicomnode.watch.InboxWatcher when config.inbox.path is set
 
     def _classifier(self) -> ViewClassifier:
@@ -90,6 +93,7 @@ class Node:
                 self.config.inbox.path, self.spool, self.pipeline.submit,
                 self.config.inbox.settle_s,
             ).start()  # fmt: skip
+        self.metrics_server = attach_to_node(self)
 
     def _disk_guard(self) -> DiskGuard:
         return DiskGuard(
@@ -137,6 +141,9 @@ class Node:
 
     def stop(self) -> None:
         # Reverse order: stop accepting, let workers finish the file in hand, then forwarders.
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
         if self.inbox is not None:
             self.inbox.stop()
             self.inbox = None

@@ -174,3 +174,33 @@ def test_health_fails_below_the_free_space_floor(tmp_path, echo_scp):
     LogStore.open(config.log.url).close()
     report = check_health(config, timeout=5, min_free_bytes=shutil.disk_usage(tmp_path).total)
     assert not report.ok and "GiB free (<" in report.line
+
+
+# --- on the node ---------------------------------------------------------------------------------
+
+
+def test_node_serves_its_metrics_on_loopback_when_enabled(start_node, recording_scp, shared):
+    from tests.node_helpers import send_files
+    from tests.shared_data import CORPUS_DIR
+
+    node = start_node(
+        [recording_scp.destination("sink")],
+        metrics={"enabled": True, "port": 0},
+        classify={"modalities": []},
+    )
+    assert node.metrics_server is not None and node.metrics_server.address[0] == "127.0.0.1"
+    files = [CORPUS_DIR / "files" / "CT__CT_small.dcm", CORPUS_DIR / "files" / "MR__MR_small.dcm"]
+    assert send_files(node.port, *files) == [0, 0]
+    recording_scp.wait_for(2)
+    assert node.wait_idle(30)
+    samples = _scrape(node.metrics_server)
+    assert samples[("dicomnode_images_received_total", ())] == 2
+    assert samples[("dicomnode_images_forwarded_total", (("destination", "sink"),))] == 2
+    assert samples[("dicomnode_end_to_end_seconds_count", (("destination", "sink"),))] == 2
+    assert samples[("dicomnode_queue_depth", (("destination", "sink"),))] == 0
+    assert samples[("dicomnode_disk_free_bytes", (("path", "spool"),))] > 0
+
+
+def test_metrics_are_off_by_default(start_node):
+    node = start_node([], classify={"modalities": []})
+    assert node.config.metrics.enabled is False and node.metrics_server is None

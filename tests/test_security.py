@@ -9,10 +9,12 @@ import logging
 import socket
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -410,3 +412,33 @@ def test_node_receives_over_tls_and_forwards_over_tls(start_node, pki, tmp_path)
         assert plain.returncode != 0  # no plain-TCP fallback on a TLS port
     finally:
         server.shutdown()
+
+
+def test_health_command_against_a_tls_node_with_an_allow_list(start_node, pki, tmp_path):
+    receive = {"tls": _node_tls(pki), "allowed_callers": {"MODALITY": ["192.0.2.0/24"]}}
+    node = start_node([], receive=receive, **NO_CLASSIFY)
+    config_file = tmp_path / "health.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "receive": {**receive, "ae_title": NODE_AE, "host": "127.0.0.1",
+                            "port": node.port},
+                "spool": {"path": str(node.config.spool.path)},
+                "log": {"url": node.config.log.url},
+            }
+        )
+    )  # fmt: skip
+    cli = Path(sys.executable).parent / "dicomnode"
+    healthy = subprocess.run(
+        [str(cli), "health", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert healthy.stdout.startswith("OK echo DICOMNODE@127.0.0.1:")
+    assert len(healthy.stdout.strip().splitlines()) == 1
+    node.stop()
+    down = subprocess.run(
+        [str(cli), "health", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert down.returncode == 1 and down.stdout.startswith("FAIL echo")
