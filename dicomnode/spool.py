@@ -84,9 +84,14 @@ class Spool:
         name = self.new_name()
         meta = {**meta, "name": name}
         tmp = self.dir(TMP)
-        write_atomic(self.dir(INCOMING) / f"{name}.json", _dumps(meta), tmp)
+        sidecar = self.dir(INCOMING) / f"{name}.json"
+        write_atomic(sidecar, _dumps(meta), tmp)
         target = self.dir(INCOMING) / f"{name}.dcm"
-        write_atomic(target, encoded_file, tmp)
+        try:
+            write_atomic(target, encoded_file, tmp)
+        except OSError:  # not stored, so not acknowledged: leave no orphan sidecar behind
+            sidecar.unlink(missing_ok=True)
+            raise
         return target
 
     # -- workers -------------------------------------------------------------------------------
