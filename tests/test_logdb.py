@@ -264,3 +264,20 @@ def test_retention_worker_purges_on_start_and_records_it(store):
     assert worker.purges >= 1
     assert fetch(store, "SELECT count(*) FROM instances")[0][0] == 1
     assert fetch(store, "SELECT requested_by, instances_deleted FROM purges")[0] == ("retention", 1)
+
+
+def test_migrations_downgrade_to_empty_and_upgrade_again(db_url):
+    from alembic import command
+
+    with LogStore.open(db_url) as log:
+        log.record_instance(make_entry(1))
+        config = schema.alembic_config()
+        with log.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "base")
+        assert "instances" not in sa.inspect(log.engine).get_table_names()
+    with LogStore.open(db_url) as log:
+        assert log.revision == schema.head_revision()
+        assert {"instances", "forward_attempts", "model_versions", "purges"} <= set(
+            sa.inspect(log.engine).get_table_names()
+        )

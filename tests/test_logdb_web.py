@@ -168,3 +168,28 @@ def test_node_config_starts_the_view_only_when_enabled(populated_store):
         assert status == 200 and "0 matching instances" in body
     finally:
         server.stop()
+
+
+def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "log.db"
+    with LogStore.open(str(db)) as store:
+        populate(store)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomnode", "log", "web", "--db", str(db), "--port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert match, line
+        status, body, _ = fetch(match.group(0) + f"study/{STUDY_A}")
+        assert status == 200 and body.count("class='instance'") == 3
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        process.stderr.close()
