@@ -128,6 +128,21 @@ class WebConfig(_Strict):
             raise ValueError("token must be at least 16 characters (or leave it out)")
         return value
 
+    @model_validator(mode="after")
+    def _public_address_needs_token(self) -> WebConfig:
+        import ipaddress
+
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if self.token is None and not loopback:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: set web.token to serve the log "
+                "beyond this machine, or use 127.0.0.1"
+            )
+        return self
+
 
 class RetryPolicy(_Strict):
     """Exponential backoff with jitter for transient failures (per destination).

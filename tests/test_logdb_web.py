@@ -193,3 +193,14 @@ def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         process.stderr.close()
+
+
+def test_config_refuses_a_public_web_address_without_token():
+    from dicomnode.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"node.yaml:2: web: .*0\.0\.0\.0.*web\.token"):
+        parse_config("web:\n  enabled: true\n  host: 0.0.0.0\n", "node.yaml")
+    with pytest.raises(ConfigError, match=r"web\.token: .*16 characters"):
+        parse_config("web:\n  token: short\n", "node.yaml")
+    public = parse_config(f"web:\n  host: 0.0.0.0\n  token: {TOKEN}\n", "node.yaml")
+    assert public.web.token == TOKEN
