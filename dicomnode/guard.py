@@ -161,17 +161,20 @@ def check_dataset(ds: Dataset, limits: Limits) -> None:
         return
 
 
-def check_file(path: str | Path, limits: Limits) -> None:
+def check_file(path: str | Path, limits: Limits, transfer_syntax: str | None = None) -> None:
     """File-level checks before a full read: a deflated dataset is inflated once, counting and
-    discarding the output, so a zip bomb is refused before pydicom inflates it into memory."""
+    discarding the output, so a zip bomb is refused before pydicom inflates it into memory.
+    `transfer_syntax`, when the caller knows it (the spool records it), saves reading the meta."""
     import pydicom
 
     path = Path(path)
-    try:
-        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[(0x0002, 0x0010)])
-        syntax = str(meta.file_meta.get("TransferSyntaxUID", ""))
-    except Exception:
-        return  # not readable as DICOM here; the full read reports the error
+    syntax = transfer_syntax
+    if syntax is None:
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[(0x0002, 0x0010)])
+            syntax = str(meta.file_meta.get("TransferSyntaxUID", ""))
+        except Exception:
+            return  # not readable as DICOM here; the full read reports the error
     if syntax != DeflatedExplicitVRLittleEndian:
         return
     # The deflated stream starts after the file meta group; its length is in the group header.

@@ -23,7 +23,7 @@ from dicomnode import route as routing
 from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
-from dicomnode.guard import IsolatedDecoder, Limits, preprocess_guarded
+from dicomnode.guard import IsolatedDecoder, Limits, check_file, preprocess_guarded
 from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form
 from dicomnode.preprocess import PreprocessError
 from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
@@ -182,6 +182,8 @@ class Pipeline:
         payload = path
         ds: Dataset | None = None
         try:
+            # deflate bombs are refused before pydicom inflates them in this process (security)
+            check_file(path, self.limits, meta.get("transfer_syntax_uid"))
             ds = pydicom.dcmread(path)
             self._describe(entry, ds)
         except Exception as exc:
@@ -191,6 +193,8 @@ class Pipeline:
         if ds is not None and (entry.modality or "").upper() in self._modalities():
             payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder, meta)
         entry.processing_ms = (time.perf_counter() - started) * 1000.0
+        if getattr(self, "metrics", None) is not None:  # set by metrics.attach_to_node
+            self.metrics.image_processed(entry)
         decision = routing.route(self.config, entry, ds)
         entry.routing = decision.as_log()
         instance_id = None

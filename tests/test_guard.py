@@ -208,3 +208,53 @@ def test_a_decoder_that_aborts_the_process_only_takes_the_worker_down(tmp_path):
             decoder.preprocess_file(path)
         assert decoder.restarts == 1
         assert decoder.preprocess_file(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm").shape == (224, 224)
+
+
+# --- on the node: hostile images are logged unreadable and forwarded untouched -------------------
+
+
+def _dataset_bytes(encoded_file: bytes) -> bytes:
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(encoded_file)
+    read_preamble(stream, False)
+    _read_file_meta_info(stream)
+    return stream.read()
+
+
+def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_scp, tmp_path):
+    from tests.node_helpers import instance_rows, send_files
+
+    aborts = pydicom.dcmread(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm")
+    aborts.Modality, aborts.BitsStored = "CR", 7  # GDCM: SIGABRT in the decoder
+    aborts.SOPInstanceUID = generate_uid()
+    aborts.file_meta.MediaStorageSOPInstanceUID = aborts.SOPInstanceUID
+    aborts_path = tmp_path / "aborts.dcm"
+    aborts.save_as(aborts_path)
+
+    bomb = _image_dataset(16, 16, DeflatedExplicitVRLittleEndian, b"\0" * 256)
+    bomb.Modality = "CR"
+    bomb.add_new((0x0009, 0x0010), "LO", "DICOMNODE TEST")
+    bomb.add_new((0x0009, 0x1000), "OB", b"\0" * (24 * MiB))
+    bomb_path = tmp_path / "bomb.dcm"
+    bomb.save_as(bomb_path, enforce_file_format=True)
+
+    fine = CORPUS / "CR__77654033_CR2_6247.dcm"
+    node = start_node([recording_scp.destination()], guard={"max_pixel_mib": 2})
+    assert send_files(node.port, aborts_path, bomb_path, fine) == [0, 0, 0]
+    recording_scp.wait_for(3)
+    assert node.wait_idle(120)
+
+    rows = {row.sop_instance_uid: row for row in instance_rows(node)}
+    aborted = rows[aborts.SOPInstanceUID]
+    assert aborted.action == "unreadable" and "worker died" in aborted.error
+    bombed = rows[bomb.SOPInstanceUID]
+    assert bombed.action == "unreadable" and "inflates past" in bombed.error
+    fine_uid = pydicom.dcmread(fine, stop_before_pixels=True).SOPInstanceUID
+    assert rows[fine_uid].action != "unreadable"  # the node carried on classifying
+    for source, uid in ((aborts_path, aborts.SOPInstanceUID), (bomb_path, bomb.SOPInstanceUID)):
+        forwarded = recording_scp.by_uid(uid).encoded
+        assert _dataset_bytes(forwarded) == _dataset_bytes(source.read_bytes())  # untouched
+    registry = node.metrics.registry
+    assert registry.get_sample_value("dicomnode_images_unreadable_total") == 2
+    assert registry.get_sample_value("dicomnode_inference_seconds_count") == 1
