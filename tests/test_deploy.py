@@ -180,6 +180,8 @@ def test_compose_demo_wires_node_orthanc_and_postgres():
     )
     assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert str(config.receive.port) in node["ports"][0]
+    if config.metrics.enabled:  # the metrics port is published too, and only on loopback
+        assert f"127.0.0.1:{config.metrics.port}:{config.metrics.port}" in node["ports"]
 
 
 def test_every_example_config_loads():

@@ -442,3 +442,15 @@ def test_health_command_against_a_tls_node_with_an_allow_list(start_node, pki, t
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert down.returncode == 1 and down.stdout.startswith("FAIL echo")
+
+
+def test_config_errors_in_security_sections_name_key_and_line():
+    from dicomnode.config import ConfigError, parse_config
+
+    text = "receive:\n  ae_title: DICOMNODE\n  allowed_callers:\n    MODALITY: [not-an-ip]\n"
+    with pytest.raises(ConfigError, match=r"<config>:\d+: receive\.allowed_callers.*not-an-ip"):
+        parse_config(text)
+    with pytest.raises(ConfigError, match=r"<config>:3: receive\.tls\.certfile: unknown key"):
+        parse_config("receive:\n  tls:\n    certfile: x.pem\n")
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
+        parse_config("metrics:\n  enabled: true\n  port: 70000\n")
