@@ -286,7 +286,12 @@ class Forwarder(threading.Thread):
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                wait_s = self._drain()
+                try:
+                    wait_s = self._drain()
+                except Exception:  # e.g. ENOSPC writing a .json: keep the thread, try again
+                    log.exception("forwarder %s: error; trying again shortly", self.dest.name)
+                    self.sender.release()
+                    wait_s = POLL_S
                 if wait_s is None:  # nothing queued
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since >= self.idle_release_s:
@@ -295,9 +300,6 @@ class Forwarder(threading.Thread):
                 else:  # the head waits for its next attempt
                     idle_since = None
                     self._wake.wait(min(max(wait_s, 0.0), POLL_S))
-        except Exception:
-            log.exception("forwarder %s stopped", self.dest.name)
-            raise
         finally:
             self.sender.close()
 
