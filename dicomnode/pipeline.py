@@ -84,6 +84,7 @@ class Pipeline:
         self.limits = guard.limits() if guard is not None else Limits()
         self.isolate_decode = bool(getattr(guard, "isolate", True))
         self._decoders: list[IsolatedDecoder] = []
+        self._stopping = threading.Event()
 
     @property
     def classifies(self) -> bool:
@@ -119,6 +120,9 @@ class Pipeline:
         self._queue.put(path.stem)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Finish the image in hand, not the backlog: what is queued stays in incoming/ and is
+        resumed by the next start, so SIGTERM with a thousand images waiting is still quick."""
+        self._stopping.set()
         for _ in self._workers:
             self._queue.put(_STOP)
         for worker in self._workers:
@@ -136,7 +140,7 @@ class Pipeline:
     def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None) -> None:
         while True:
             name = self._queue.get()
-            if name is _STOP:
+            if name is _STOP or self._stopping.is_set():
                 return
             with self._busy_lock:
                 self._busy += 1

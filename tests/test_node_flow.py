@@ -196,3 +196,24 @@ def test_resume_on_start_up(tmp_path: Path, recording_scp, shared):
         assert [r.action for r in instance_rows(node)] == ["skipped", "skipped"]
     finally:
         node.stop()
+
+
+def test_acknowledged_images_wait_on_disk_and_survive_a_restart(tmp_path: Path, recording_scp, shared):
+    from dicomnode.node import Node
+    from tests.node_helpers import node_config
+
+    config = node_config(tmp_path, [recording_scp.destination()], **NO_CLASSIFY)
+    node = Node(config).start()
+    node.pipeline.stop()  # workers gone: received images wait in incoming/
+    try:
+        assert send_files(node.port, CT_SMALL, CT_693) == [0, 0]
+        assert len(node.spool.names("incoming")) == 2  # acknowledged = on disk
+    finally:
+        node.stop()
+    node = Node(config).start()  # resumes them
+    try:
+        recording_scp.wait_for(2)
+        assert node.wait_idle(30)
+        assert [r.action for r in instance_rows(node)] == ["skipped", "skipped"]
+    finally:
+        node.stop()
