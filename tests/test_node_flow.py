@@ -198,7 +198,9 @@ def test_resume_on_start_up(tmp_path: Path, recording_scp, shared):
         node.stop()
 
 
-def test_acknowledged_images_wait_on_disk_and_survive_a_restart(tmp_path: Path, recording_scp, shared):
+def test_acknowledged_images_wait_on_disk_and_survive_a_restart(
+    tmp_path: Path, recording_scp, shared
+):
     from dicomnode.node import Node
     from tests.node_helpers import node_config
 
