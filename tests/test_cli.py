@@ -111,3 +111,20 @@ def _uid(path: Path) -> str:
     import pydicom
 
     return pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+
+
+def test_echo_a_named_destination(tmp_path: Path, recording_scp):
+    sink = recording_scp.destination()
+    config = write_config(
+        tmp_path,
+        free_port(),
+        "destinations:\n"
+        f"  - {{name: pacs, type: dicom, ae_title: {sink['ae_title']}, host: 127.0.0.1, "
+        f"port: {sink['port']}}}\n",
+    )
+    result = runner.invoke(app, ["echo", "pacs", "--config", str(config)])
+    assert (
+        result.exit_code == 0 and f"C-ECHO SINK@127.0.0.1:{sink['port']}: success" in result.output
+    )
+    result = runner.invoke(app, ["echo", "nowhere", "--config", str(config)])
+    assert result.exit_code == 2 and "known: ['pacs']" in result.output
