@@ -34,6 +34,7 @@ from pynetdicom.association import Association
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from dicomnode.config import DicomDestination, FolderDestination, RetryPolicy
+from dicomnode.guard import decompress_isolated
 from dicomnode.hardening import destination_tls_args
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import OUTGOING, Spool, write_atomic
@@ -191,13 +192,15 @@ class DicomSender:
             return Delivery("failed", None,
                             f"permanent: peer accepts {sop_class} in no syntax we offer")
         try:
-            ds = pydicom.dcmread(path)
             if UID(ts).is_compressed:
-                # -> Explicit VR LE, native pixels; same instance, so keep its SOP Instance UID
-                ds.decompress(generate_instance_uid=False)
-            elif UID(ts) != ExplicitVRLittleEndian or not explicit_ok:
-                target = ExplicitVRLittleEndian if explicit_ok else ImplicitVRLittleEndian
-                ds.file_meta.TransferSyntaxUID = target
+                # -> Explicit VR LE, native pixels; same instance, so keep its SOP Instance UID.
+                # Decoded in a separate process: GDCM aborts the process on some headers (security)
+                ds = decompress_isolated(path)
+            else:
+                ds = pydicom.dcmread(path)
+                if UID(ts) != ExplicitVRLittleEndian or not explicit_ok:
+                    target = ExplicitVRLittleEndian if explicit_ok else ImplicitVRLittleEndian
+                    ds.file_meta.TransferSyntaxUID = target
         except Exception as exc:
             return Delivery("failed", None, f"peer refused {ts}; cannot decompress: {exc}")
         return ds

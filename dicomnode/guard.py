@@ -253,6 +253,29 @@ def guarded_preprocess_file(path: str | Path, limits: Limits):
     return preprocess_guarded(ds, limits)
 
 
+def _guarded_decompress_file(path: str | Path, limits: Limits) -> bytes:
+    """read -> guard -> decompress to native pixels (Explicit VR LE); the new file's bytes."""
+    import io
+
+    import pydicom
+
+    check_file(path, limits)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise PreprocessError(f"cannot read DICOM: {exc}") from exc
+    check_dataset(ds, limits)
+    try:
+        ds.decompress(generate_instance_uid=False)  # same instance: keep its SOP Instance UID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+    except MemoryError as exc:
+        raise DecoderCrashed("decompression ran out of memory") from exc
+    except Exception as exc:
+        raise PreprocessError(f"cannot decompress: {type(exc).__name__}: {exc}") from exc
+    return buffer.getvalue()
+
+
 def _worker_main(conn: Connection, limits: Limits) -> None:
     import dicomnode.preprocess  # noqa: F401  (import before "ready": not part of any timeout)
 
@@ -265,11 +288,14 @@ def _worker_main(conn: Connection, limits: Limits) -> None:
     conn.send(("ready",))
     while True:
         try:
-            path = conn.recv()
+            request = conn.recv()
         except EOFError:
             return
         try:
-            conn.send(("ok", guarded_preprocess_file(path, limits)))
+            if isinstance(request, tuple) and request[0] == "decompress":
+                conn.send(("ok", _guarded_decompress_file(request[1], limits)))
+                continue
+            conn.send(("ok", guarded_preprocess_file(request, limits)))
         except PreprocessError as exc:
             conn.send(("error", type(exc).__name__, str(exc)))
         except MemoryError:
@@ -339,9 +365,12 @@ class IsolatedDecoder:
 
     def preprocess_file(self, path: str | Path):
         """uint8 (224, 224) for the DICOM file at `path`, or a PreprocessError subclass."""
+        return self._call(str(path), path)
+
+    def _call(self, request: object, path: str | Path):
         with self._lock:
             conn = self._ensure_worker()
-            conn.send(str(path))
+            conn.send(request)
             if not conn.poll(self.limits.timeout_s):
                 LOGGER.warning(
                     "decoding %s took over %.1f s; killing the decode worker", path,
@@ -360,6 +389,16 @@ class IsolatedDecoder:
             return reply[1]
         raise _ERRORS.get(reply[1], PreprocessError)(reply[2])
 
+    def decompress_file(self, path: str | Path) -> Dataset:
+        """The file decompressed to native pixels, decoded in the worker (forwarding fallback
+        for peers that refuse the compressed transfer syntax)."""
+        import io
+
+        import pydicom
+
+        encoded = self._call(("decompress", str(path)), path)
+        return pydicom.dcmread(io.BytesIO(encoded))
+
     def close(self) -> None:
         with self._lock:
             self._stop_worker()
@@ -369,3 +408,19 @@ class IsolatedDecoder:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+_shared_lock = threading.Lock()
+_shared_decoder: IsolatedDecoder | None = None
+
+
+def decompress_isolated(path: str | Path) -> Dataset:
+    """IsolatedDecoder.decompress_file on one process shared by the forwarders (spawned on first
+    use). GDCM aborts the whole process on some hostile headers; this keeps that out of the node.
+    """
+    global _shared_decoder
+    with _shared_lock:
+        if _shared_decoder is None:
+            _shared_decoder = IsolatedDecoder(Limits(timeout_s=120.0))
+        decoder = _shared_decoder
+    return decoder.decompress_file(path)

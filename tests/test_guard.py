@@ -258,3 +258,45 @@ def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_
     registry = node.metrics.registry
     assert registry.get_sample_value("dicomnode_images_unreadable_total") == 2
     assert registry.get_sample_value("dicomnode_inference_seconds_count") == 1
+
+
+def test_decompress_isolated_matches_in_process_and_contains_an_abort(tmp_path):
+    from dicomnode.guard import decompress_isolated
+
+    source = CORPUS / "CR__RG3_J2KR.dcm"
+    decompressed = decompress_isolated(source)
+    reference = pydicom.dcmread(source)
+    reference.decompress(generate_instance_uid=False)
+    assert decompressed.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert decompressed.SOPInstanceUID == reference.SOPInstanceUID
+    np.testing.assert_array_equal(decompressed.pixel_array, reference.pixel_array)
+
+    aborts = pydicom.dcmread(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm")
+    aborts.BitsStored = 7
+    aborts.save_as(tmp_path / "aborts.dcm")
+    with pytest.raises(DecoderCrashed):
+        decompress_isolated(tmp_path / "aborts.dcm")
+    assert decompress_isolated(source).Rows == 1760  # the shared worker came back
+
+
+def test_forwarding_fallback_survives_a_decoder_abort(start_node, tmp_path):
+    from tests.node_helpers import RecordingSCP, forward_rows, send_files
+
+    aborts = pydicom.dcmread(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm")  # JPEG lossless
+    aborts.BitsStored = 7
+    aborts.SOPInstanceUID = generate_uid()
+    aborts.file_meta.MediaStorageSOPInstanceUID = aborts.SOPInstanceUID
+    aborts.save_as(tmp_path / "aborts.dcm")
+    fine = CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm"
+    # a peer that accepts only uncompressed: the node must decompress to send
+    sink = RecordingSCP(transfer_syntaxes=[ExplicitVRLittleEndian]).start()
+    try:
+        node = start_node([sink.destination()], classify={"modalities": []})
+        assert send_files(node.port, tmp_path / "aborts.dcm", fine) == [0, 0]
+        received = sink.wait_for(1)
+        assert node.wait_idle(60)
+        assert [r.sop_instance_uid for r in received] == [str(pydicom.dcmread(fine).SOPInstanceUID)]
+        failed = [r for r in forward_rows(node) if r.sop_instance_uid == aborts.SOPInstanceUID]
+        assert failed and failed[-1].outcome == "failed" and "worker died" in failed[-1].detail
+    finally:
+        sink.stop()
