@@ -273,6 +273,7 @@ class Forwarder(threading.Thread):
             self.idle_release_s = 0.0
         # Schedules written before this start are ignored once: a restarted node tries at once.
         self.started_at = time.time()
+        self._last_send = time.monotonic()  # the association is released after idle_release_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
@@ -285,7 +286,6 @@ class Forwarder(threading.Thread):
         self.join(timeout)
 
     def run(self) -> None:
-        idle_since: float | None = None
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -296,12 +296,10 @@ class Forwarder(threading.Thread):
                     self.sender.release()
                     wait_s = POLL_S
                 if wait_s is None:  # nothing queued
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since >= self.idle_release_s:
+                    if time.monotonic() - self._last_send >= self.idle_release_s:
                         self.sender.release()  # idle: give the peer its association back
                     self._wake.wait(POLL_S)
                 else:  # the head waits for its next attempt
-                    idle_since = None
                     self._wake.wait(min(max(wait_s, 0.0), POLL_S))
         finally:
             self.sender.close()
@@ -329,6 +327,7 @@ class Forwarder(threading.Thread):
             if not path.exists():  # an operator purged or moved it meanwhile
                 continue
             sop_uid = str(meta.get("sop_instance_uid", ""))
+            self._last_send = time.monotonic()
             if isinstance(self.sender, FolderSender):
                 delivery = self.sender.send(path, sop_uid)
             else:

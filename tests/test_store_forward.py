@@ -112,7 +112,7 @@ def test_destination_down_then_back_in_order_other_keeps_its_latency(tmp_path, c
     cleanup.append(node.start())
 
     def stream(files: list[Path]) -> Modality:
-        modality = Modality(port, files, pause_s=0.05)  # a modality's pace, not a burst
+        modality = Modality(port, files, pause_s=0.1)  # a modality's pace, not a burst
         modality.start().join(120)
         assert len(modality.acked) == len(files)
         return modality
@@ -122,16 +122,16 @@ def test_destination_down_then_back_in_order_other_keeps_its_latency(tmp_path, c
         arrived = sink.first_arrival()
         return [arrived[uid] - at for uid, at in modality.acked.items()]
 
-    before = stream(make_images(tmp_path / "a", 30, "a"))
+    before = stream(make_images(tmp_path / "a", 20, "a"))
     baseline = latencies(before, steady)
     latencies(before, flaky)
     flaky.down()
     down_started = time.monotonic()
-    during = stream(make_images(tmp_path / "b", 60, "b"))
+    during = stream(make_images(tmp_path / "b", 40, "b"))
     during_latency = latencies(during, steady)  # steady got everything while flaky is down
     assert not set(during.acked) & set(flaky.uids())
     queued = len(spool_files(tmp_path, OUTGOING, "flaky"))
-    assert queued == 60, f"flaky queue holds {queued}"
+    assert queued == 40, f"flaky queue holds {queued}"
     head = spool_files(tmp_path, OUTGOING, "flaky")[0]
     retrying = json.loads(head.with_suffix(".json").read_text())
     assert retrying["attempts"] >= 1 and retrying["last_outcome"] == "retry"
