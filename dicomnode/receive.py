@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
@@ -140,6 +140,10 @@ def build_ae(config: ReceiveConfig) -> AE:
     ae.network_timeout = config.network_timeout
     ae.maximum_associations = config.max_associations
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # A store-and-forward node must not refuse an image because pynetdicom does not list its SOP
+    # class (retired or private classes): treat every unknown abstract syntax as storage. The
+    # switch is process-wide; the node owns its process.
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Every storage SOP class (retired ones too) in every transfer syntax pydicom knows: the node
     # stores whatever a modality sends; decoding problems are the pipeline's to log, not a refusal.
     for context in AllStoragePresentationContexts:
