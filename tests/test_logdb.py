@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dicomnode.logdb import schema
 from dicomnode.logdb.models import InstanceRow, ModelVersionRow
-from dicomnode.logdb.store import LogStore
+from dicomnode.logdb.store import LogStore, normalise_url
 from tests.logdb_helpers import MODEL_A, MODEL_B, make_entry
 
 pytest_plugins = ["tests.fixtures_postgres"]
@@ -281,3 +281,26 @@ def test_migrations_downgrade_to_empty_and_upgrade_again(db_url):
         assert {"instances", "forward_attempts", "model_versions", "purges"} <= set(
             sa.inspect(log.engine).get_table_names()
         )
+
+
+def test_readers_open_without_creating_or_migrating(db_url, tmp_path):
+    missing = tmp_path / "absent" / "log.db"
+    with pytest.raises(FileNotFoundError, match="no log database"):
+        LogStore.open(f"sqlite:///{missing}", upgrade=False)
+    assert not missing.exists() and not missing.parent.exists()
+    if db_url.startswith("postgresql"):  # an empty database has no schema to read
+        with pytest.raises(schema.SchemaNotCurrentError, match="no dicomnode log schema"):
+            LogStore.open(db_url, upgrade=False)
+    LogStore.open(db_url).close()
+    with LogStore.open(db_url, upgrade=False) as reader:
+        assert reader.revision == schema.head_revision()
+    from alembic import command
+
+    engine = sa.create_engine(normalise_url(db_url))
+    config = schema.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    engine.dispose()
+    with pytest.raises(schema.SchemaNotCurrentError, match="Start the node"):
+        LogStore.open(db_url, upgrade=False)

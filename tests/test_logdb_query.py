@@ -16,6 +16,7 @@ from dicomnode.logdb.query import (
     LogFilter,
     count_instances,
     find_instances,
+    iter_instances,
     study_detail,
     summarise,
 )
@@ -210,3 +211,21 @@ def test_cli_purge_removes_old_rows_and_is_recorded(populated, db_url):
     ]
     result = runner.invoke(log_app, ["purge", "--db", db_url])
     assert result.exit_code == 2 and "--older-than" in result.stderr
+
+
+def test_export_pages_through_ties_without_loss_or_repeats(populated):
+    store, _ = populated
+    tie = datetime(2026, 11, 21, 8, 0, tzinfo=timezone.utc)  # b1's time: a 4-way tie
+    for n in range(3):
+        store.record_instance(make_entry(50 + n, received_at=tie))
+    everything = find_instances(store, LogFilter(), limit=None)
+    exported = list(iter_instances(store, LogFilter(), page=2))
+    assert [r["id"] for r in exported] == [r["id"] for r in everything]
+    assert len(exported) == 9
+
+
+def test_cli_reads_never_create_a_database(tmp_path):
+    missing = tmp_path / "nothing-here.db"
+    result = runner.invoke(log_app, ["query", "--db", str(missing)])
+    assert result.exit_code == 2 and "no log database" in result.stderr
+    assert not missing.exists()

@@ -69,7 +69,8 @@ def load_log_config(config_path: Path | None) -> Any | None:
         raise fail(str(exc)) from None
 
 
-def open_store(db: str | None, config_path: Path | None) -> LogStore:
+def open_store(db: str | None, config_path: Path | None, upgrade: bool = False) -> LogStore:
+    """Auditor commands read an existing log as it is (no file created, no schema migrated)."""
     url = db
     if url is None:
         log_config = load_log_config(config_path)
@@ -77,7 +78,7 @@ def open_store(db: str | None, config_path: Path | None) -> LogStore:
             raise fail("no --db given and no config file to take log.url from")
         url = log_config.url
     try:
-        return LogStore.open(url)
+        return LogStore.open(url, upgrade=upgrade)
     except Exception as exc:  # shown to the auditor as one line, not a traceback
         raise fail(f"cannot open log database: {exc}") from None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Date as SqlDate
 from sqlalchemy import Integer as SqlInteger
-from sqlalchemy import Select, and_, case, cast, exists, func, not_, select
+from sqlalchemy import Select, and_, case, cast, exists, func, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from dicomnode.logdb.entry import ACTIONS
@@ -174,12 +174,26 @@ def count_instances(store: LogStore, log_filter: LogFilter) -> int:
 
 
 def find_instances(
-    store: LogStore, log_filter: LogFilter, limit: int | None = 100, offset: int = 0
+    store: LogStore,
+    log_filter: LogFilter,
+    limit: int | None = 100,
+    offset: int = 0,
+    before: tuple[datetime, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Matching instance rows, newest first, each with its derived `delivery` status."""
-    statement = apply_filter(select(InstanceRow), log_filter).order_by(
-        InstanceRow.received_at.desc(), InstanceRow.id.desc()
-    )
+    """Matching instance rows, newest first, each with its derived `delivery` status.
+
+    before=(received_at, id): only rows after that one in this order (keyset paging for exports).
+    """
+    statement = apply_filter(select(InstanceRow), log_filter)
+    if before is not None:
+        moment, row_id = to_utc_naive(before[0]), before[1]
+        statement = statement.where(
+            or_(
+                InstanceRow.received_at < moment,
+                and_(InstanceRow.received_at == moment, InstanceRow.id < row_id),
+            )
+        )
+    statement = statement.order_by(InstanceRow.received_at.desc(), InstanceRow.id.desc())
     if limit is not None:
         statement = statement.limit(limit)
     if offset:
@@ -193,14 +207,14 @@ def find_instances(
 
 
 def iter_instances(store: LogStore, log_filter: LogFilter, page: int = 5000):
-    """All matching rows in pages (for CSV/JSONL export of large ranges)."""
-    offset = 0
+    """All matching rows, newest first, fetched in keyset pages (CSV/JSONL export of any size)."""
+    before = None
     while True:
-        rows = find_instances(store, log_filter, limit=page, offset=offset)
+        rows = find_instances(store, log_filter, limit=page, before=before)
         yield from rows
         if len(rows) < page:
             return
-        offset += page
+        before = (rows[-1]["received_at"], rows[-1]["id"])
 
 
 def study_detail(store: LogStore, study_uid: str) -> dict[str, Any]:

@@ -25,6 +25,10 @@ class SchemaTooNewError(RuntimeError):
     """The database was migrated by a newer dicomnode than this one."""
 
 
+class SchemaNotCurrentError(RuntimeError):
+    """A reader found the schema missing or older than this code (only the node upgrades it)."""
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -70,3 +74,19 @@ def upgrade(engine: Engine) -> str:
         command.upgrade(config, "head")
         revisions = current_revisions(connection)
     return revisions[0]
+
+
+def verify(engine: Engine) -> str:
+    """Check, without changing anything, that the schema is at this code's head."""
+    script = ScriptDirectory.from_config(alembic_config())
+    with engine.connect() as connection:
+        check_known(connection, script)
+        revisions = current_revisions(connection)
+    head = head_revision()
+    if revisions != (head,):
+        found = ", ".join(revisions) or "no dicomnode log schema"
+        raise SchemaNotCurrentError(
+            f"log database has {found}; this dicomnode reads revision {head!r}. Start the node "
+            "(it upgrades the schema at start-up) or use the dicomnode version that wrote it"
+        )
+    return head

@@ -133,15 +133,22 @@ class LogStore:
         self._known_models: set[str] = set()
 
     @classmethod
-    def open(cls, url: str) -> LogStore:
-        """Open the log, creating the database or upgrading its schema to this code's head."""
+    def open(cls, url: str, upgrade: bool = True) -> LogStore:
+        """Open the log, creating the database or upgrading its schema to this code's head.
+
+        upgrade=False (auditor tools): change nothing; the database must exist with its schema at
+        exactly this code's head, so a reader never migrates a log under a running older node.
+        """
         url = normalise_url(url)
         path = sqlite_file(url)
         if path is not None:
-            create_private_file(path)
+            if upgrade:
+                create_private_file(path)
+            elif not path.exists():
+                raise FileNotFoundError(f"no log database at {path}")
         engine = build_engine(url)
         try:
-            revision = schema.upgrade(engine)
+            revision = schema.upgrade(engine) if upgrade else schema.verify(engine)
         except BaseException:
             engine.dispose()
             raise
