@@ -208,7 +208,7 @@ def write_as_node(url: str, node: str, count: int, barrier) -> None:
     barrier.wait()
     with LogStore.open(url) as log:
         for n in range(count):
-            entry = make_entry(n, calling_ae=node, sop_instance_uid=f"2.25.{abs(hash(node))}.{n}")
+            entry = make_entry(n, calling_ae=node, sop_instance_uid=f"2.25.{ord(node[-1])}.{n}")
             instance_id = log.record_instance(entry)
             log.record_forward(instance_id, entry.sop_instance_uid, "PACS", "sent", 0, None, 1,
                                datetime.now(timezone.utc))
