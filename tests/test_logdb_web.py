@@ -132,6 +132,13 @@ def test_view_is_read_only(view):
 
 
 @pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+def test_tokenless_view_refuses_foreign_host_headers(view):
+    # a DNS-rebinding page reaches 127.0.0.1 under its own name
+    assert fetch(view.url, {"Host": f"evil.example:{view.port}"})[0] == 403
+    assert fetch(view.url, {"Host": f"localhost:{view.port}"})[0] == 200
+
+
+@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
 def test_token_is_required_when_configured(token_view):
     assert fetch(token_view.url)[0] == 401
     assert fetch(token_view.url, {"Authorization": "Bearer wrong-token-xxxxxxxx"})[0] == 401

@@ -399,6 +399,11 @@ def make_handler(store: LogStore, token: str | None, settings: ViewSettings):
             # why: request lines carry UIDs and patient IDs; keep them out of the node's logs
             return
 
+        def loopback_host_header(self) -> bool:
+            host = self.headers.get("Host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            return is_loopback(name.strip("[]"))
+
         def authorised(self, query: dict[str, str]) -> tuple[bool, bool]:
             """(allowed, set_cookie)"""
             if token is None:
@@ -440,6 +445,11 @@ def make_handler(store: LogStore, token: str | None, settings: ViewSettings):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if token is None and not self.loopback_host_header():
+                # why: without a token, loopback is the only protection; a page on another site
+                # could reach it by DNS rebinding, which shows up as a foreign Host header
+                self.send_page(403, page("Forbidden", "<p>Use http://127.0.0.1 or localhost.</p>"))
+                return
             allowed, set_cookie = self.authorised(query)
             if not allowed:
                 self.send_page(401, page("Token required", "<p>This view needs the token.</p>"))
