@@ -28,11 +28,13 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.spool import FAILED, OUTGOING, SENT
 
 log = logging.getLogger(__name__)
 
 INBOX_AE = "INBOX"
+CHANGE_EVENTS = {"created", "modified", "moved", "closed"}  # not "opened", "closed_no_write"
 
 
 class _Wake(FileSystemEventHandler):
@@ -66,6 +68,9 @@ class ConfigWatcher:
         self._thread: threading.Thread | None = None
 
     def _on_event(self, event: FileSystemEvent) -> None:
+        # Only writes count: watchdog also reports opens and reads (our own reload reads it).
+        if event.event_type not in CHANGE_EVENTS:
+            return
         paths = {str(event.src_path), str(getattr(event, "dest_path", "") or "")}
         if str(self.path) in paths:
             self._pending.set()
@@ -83,12 +88,29 @@ class ConfigWatcher:
         while not self._stop.is_set():
             if not self._pending.wait(0.5):
                 continue
-            time.sleep(self.debounce_s)  # let the writer finish; coalesce bursts of events
+            self._pending.clear()
+            self._wait_until_stable()
             self._pending.clear()
             self.reload()
 
+    def _wait_until_stable(self, tries: int = 20) -> None:
+        """Let the writer finish: the same content twice, debounce_s apart (a file being
+        rewritten in place is briefly empty or half there)."""
+        previous = None
+        for _ in range(tries):
+            time.sleep(self.debounce_s)
+            try:
+                current = self.path.read_bytes()
+            except OSError:
+                current = None
+            if current is not None and current == previous:
+                return
+            previous = current
+
     def reload(self) -> bool:
         try:
+            if not self.path.read_text().strip():
+                raise ConfigError(f"{self.path} is empty")  # a half-written file, most likely
             config = self.load()
         except Exception as exc:  # ConfigError, or an unreadable file: keep the old config
             self.refusals += 1
@@ -265,7 +287,9 @@ def apply_config(node: Any, new: NodeConfig) -> None:
     if new.spool != old.spool:
         log.warning("config reload: spool path changed; it applies after a restart")
         new = new.model_copy(update={"spool": old.spool})
-    node.spool.ensure([d.name for d in new.destinations])
+    for dest in new.destinations:  # (not spool.ensure(): that clears tmp/, in use right now)
+        for state in (OUTGOING, SENT, FAILED):
+            node.spool.dir(state, dest.name).mkdir(parents=True, exist_ok=True)
     old_dests = {d.name: d for d in old.destinations}
     new_dests = {d.name: d for d in new.destinations}
     for name, dest in old_dests.items():

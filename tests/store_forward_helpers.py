@@ -74,9 +74,12 @@ class Sink(RecordingSCP):
         return self
 
     def down(self) -> None:
+        """Gone: no new associations, and the open ones (the node reuses one) aborted."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        for assoc in self.ae.active_associations:
+            assoc.abort()
 
     def uids(self) -> list[str]:
         with self._lock:

@@ -274,6 +274,8 @@ def test_free_space_floor_refuses_then_recovers_on_reload(tmp_path, cleanup):
     text = node.log_text()
     assert "disk guard" in text and "refusing images with 0xA700" in text
     assert "config reloaded" in text and "space is back" in text
+    assert text.count("config reloaded") <= 2  # one change, not a reload loop
+    assert not spool_files(tmp_path, FAILED, "_pipeline")  # the reload disturbed no image
     report(test="disk_floor", refused=len(refused.other_status),
            status=hex(next(iter(refused.other_status.values()))),
            delivered_after=len(set(sink.uids())))  # fmt: skip
