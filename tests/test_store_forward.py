@@ -301,3 +301,34 @@ def test_invalid_config_change_is_refused_and_old_config_kept(tmp_path, cleanup)
     modality.start().join(60)
     sink.wait_for_uids(set(modality.acked), timeout=30)  # still routed by the old config
     assert len(modality.acked) == 3
+
+
+def test_valid_config_change_applies_without_dropping_associations(tmp_path, cleanup):
+    first, second = Sink(ae_title="FIRST"), Sink(ae_title="SECOND")
+    cleanup.extend([first.start(), second.start()])
+    port = free_port()
+    dests = [sink_destination("first", first), sink_destination("second", second)]
+    config = write_config(tmp_path / "node.yaml", tmp_path, port, dests,
+                          routing={"default": {"destinations": ["first"]}})  # fmt: skip
+    node = NodeProcess(config, port, tmp_path)
+    cleanup.append(node.start())
+    files = make_images(tmp_path / "images", 60)
+    modality = Modality(port, files, pause_s=0.05)  # one association throughout
+    cleanup.append(modality.start())
+    deadline = time.monotonic() + 60
+    while len(modality.acked) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    write_config(config, tmp_path, port, dests, routing={"default": {"destinations": ["second"]}})
+    modality.join(120)
+    assert len(modality.acked) == 60 and not modality.unanswered  # the association was kept
+    uids = [uid_of(p) for p in files]
+    deadline = time.monotonic() + 60
+    while len(set(first.uids()) | set(second.uids())) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    to_first, to_second = set(first.uids()), set(second.uids())
+    split = len(to_first)
+    report(test="reload", before_change=split, after_change=len(to_second),
+           reloads=node.log_text().count("config reloaded"))  # fmt: skip
+    # arrival order: everything before the change went to first, everything after to second
+    assert 20 <= split < 60
+    assert to_first == set(uids[:split]) and to_second == set(uids[split:])
