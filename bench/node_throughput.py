@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -67,7 +68,7 @@ def run_set(target: Server, record: Path, called_ae: str, templates: list[Templa
             spool: Path) -> dict[str, Any]:
     load_before = load_average()
     cpu_before = target.cpu_seconds()
-    sampler = RssSampler(target.ps)
+    sampler = RssSampler(target)
     sampler.start()
     sent = stream(target.port, called_ae, templates, count)
     arrivals = wait_arrivals(record, [s.uid for s in sent], timeout=max(120.0, 3.0 * count))
@@ -77,7 +78,9 @@ def run_set(target: Server, record: Path, called_ae: str, templates: list[Templa
     replies = [s.reply_ms for s in sent]
     latencies = [(arrivals[s.uid] - s.replied) * 1000.0 for s in sent]
     clear_sent(spool)
+    stages = node_log_stages(spool.parent / "node-log.sqlite3", {s.uid for s in sent})
     return {
+        **stages,
         "n": count,
         "images_per_s": count / (last - sent[0].started),
         "sender_only_images_per_s": count / (sent[-1].replied - sent[0].started),
@@ -93,18 +96,39 @@ def run_set(target: Server, record: Path, called_ae: str, templates: list[Templa
     }
 
 
+def node_log_stages(database: Path, uids: set[str]) -> dict[str, float]:
+    """The node's own per-image timings from its log rows (nothing for the relay): processing_ms
+    (parse + decode + classify + tag) and inference_ms (the model alone)."""
+    if not database.is_file():
+        return {}
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT sop_instance_uid, processing_ms, inference_ms FROM instances"
+        ).fetchall()
+    processing = [r[1] for r in rows if r[0] in uids and r[1] is not None]
+    inference = [r[2] for r in rows if r[0] in uids and r[2] is not None]
+    stages = {}
+    if processing:
+        stages["node_processing_ms_median"] = median(processing)
+    if inference:
+        stages["node_inference_ms_median"] = median(inference)
+        stages["node_inference_ms_p95"] = percentile(inference, 95)
+    return stages
+
+
 def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], int]],
-               profile: Path | None) -> dict[str, Any]:
+               profile: Path | None, max_pdu: int, workers: int) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     sink, record = start_sink(workdir)
     target: Server | None = None
     spy: subprocess.Popen | None = None
     try:
-        if kind == "relay":
-            target = start_relay(workdir, sink.port)
+        if kind.startswith("relay"):
+            target = start_relay(workdir, sink.port, kind == "relay-chunked", max_pdu)
             called_ae, spool = "BENCHRELAY", workdir / "relay-spool"
         else:
-            target = start_node(workdir, node_config(workdir, sink.port))
+            config = node_config(workdir, sink.port, max_pdu, workers=workers)
+            target = start_node(workdir, config)
             called_ae, spool = "DICOMNODE", workdir / "node-spool"
         if profile is not None:
             spy = start_profiler(target.process.pid, profile)
@@ -125,7 +149,7 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen:
     py_spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
     spy = subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
-         "--threads", "--output", str(output)],
+         "--threads", "--subprocesses", "--output", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -173,9 +197,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few images per set (smoke run)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every N by this")
-    parser.add_argument("--targets", default="relay,node")
+    parser.add_argument("--targets", default="relay,node",
+                        help="relay, node, relay-chunked (relay receiving to a file)")
     parser.add_argument("--profile", action="store_true",
                         help="also record the node with py-spy (timings of that run are skewed)")
+    parser.add_argument("--max-pdu", type=int, default=0,
+                        help="receive max PDU for relay and node (0: unlimited, the node default)")
+    parser.add_argument("--workers", type=int, default=1, help="the node's classify.workers")
     parser.add_argument("--output", default="node_throughput.json")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
@@ -190,8 +218,14 @@ def main() -> None:
         for kind in args.targets.split(","):
             print(f"-- {kind} (load {load_average()})", flush=True)
             results[kind] = run_target(kind, workdir / kind, sets,
-                                       profile_raw if kind == "node" else None)  # fmt: skip
+                                       profile_raw if kind == "node" else None,
+                                       args.max_pdu, args.workers)  # fmt: skip
         report(results, sets, args, profile_raw)
+    except BaseException:
+        for log in sorted(workdir.rglob("*.out")):  # what the servers said, for the post-mortem
+            print(f"--- {log.relative_to(workdir)} (last lines)\n" + "\n".join(
+                log.read_text(errors="replace").splitlines()[-25:]))  # fmt: skip
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -209,6 +243,11 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
     print_table(["input set", "target", "N", "images/s", "reply ms median", "reply ms p95",
                  "recv->fwd ms median", "CPU s", "peak RSS MB", "load before (1/5/15 min)"],
                 rows)  # fmt: skip
+    if "node" in results:
+        print("\nnode log rows (median ms): " + "; ".join(
+            f"{name}: processing {r.get('node_processing_ms_median', 0):.1f}, "
+            f"inference {r.get('node_inference_ms_median', 0):.1f}"
+            for name in sets for r in [results["node"][name]]))  # fmt: skip
     comparison = {}
     if {"relay", "node"} <= results.keys():
         print()
@@ -220,12 +259,15 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
             comparison[name] = {"throughput_ratio": throughput, "reply_ratio": reply}
             crows.append([name, f"{throughput:.2f}x", _ok(throughput >= 0.9),
                           f"{reply:.2f}x", _ok(reply <= 1.1)])  # fmt: skip
-        rss = results["node"]["process_peak_rss_mb"]
         print_table(["input set", "node/relay images/s", ">= 0.9x", "node/relay reply median",
                      "<= 1.1x"], crows)  # fmt: skip
-        print(f"\nnode peak RSS (VmHWM, whole run): {rss:.0f} MB  {_ok(rss <= 250)} (goal <= 250)")
-        print(f"relay peak RSS: {results['relay']['process_peak_rss_mb']:.0f} MB")
+    for kind in results:
+        peaks = results[kind]["process_peak_rss_mb"]
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if k != "total")
+        verdict = f"  {_ok(peaks['main'] <= 250)} (goal <= 250)" if kind == "node" else ""
+        print(f"{kind} peak RSS (VmHWM, whole run, MB): {parts}{verdict}")
     payload: dict[str, Any] = {"quick": args.quick, "scale": args.scale, "goals": GOALS,
+                               "max_pdu": args.max_pdu, "node_workers": args.workers,
                                "results": results, "comparison": comparison}  # fmt: skip
     if profile_raw is not None and profile_raw.is_file():
         summary = summarise_profile(profile_raw)

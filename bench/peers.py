@@ -84,6 +84,9 @@ class Sent:
 def stream(port: int, called_ae: str, templates: list[Template], count: int) -> list[Sent]:
     """Send `count` instances (templates in turn, each with a fresh UID) over one association."""
     ae = AE(ae_title=SENDER_AE)
+    # Generous: on a loaded 2-core machine one reply can take seconds; a timeout would abort the
+    # association and the run, which is worse than a slow number.
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 120, 600, 600
     for pair in sorted({(t.sop_class, t.transfer_syntax) for t in templates}):
         ae.add_requested_context(pair[0], pair[1])
     assoc = ae.associate(
@@ -94,6 +97,8 @@ def stream(port: int, called_ae: str, templates: list[Template], count: int) -> 
     sent: list[Sent] = []
     try:
         for index in range(count):
+            if not assoc.is_established:
+                raise RuntimeError(f"{called_ae} ended the association after {index} of {count}")
             template = templates[index % len(templates)]
             uid = template.renew()
             started, clock = time.time(), time.perf_counter()
@@ -138,16 +143,34 @@ class Server:
         self.stop()
         raise TimeoutError(f"{self.name} did not start listening:\n{self.output.read_text()}")
 
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+    def tree(self) -> list[psutil.Process]:
+        """The server and its live child processes (the node's isolated decode worker)."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
 
-    def peak_rss_mb(self) -> float:
-        """VmHWM: the kernel's high-water mark of this process's resident memory."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-        return self.ps.memory_info().rss / 2**20
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.tree():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """VmHWM (the kernel's high-water mark of resident memory) of the server process and of
+        each live child; `total` adds them (an upper bound: the peaks need not coincide)."""
+        peaks = {}
+        for process in self.tree():
+            with contextlib.suppress(OSError, psutil.Error):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                hwm = next(ln for ln in status.splitlines() if ln.startswith("VmHWM:"))
+                label = "main" if process.pid == self.ps.pid else f"child {process.name()}"
+                peaks[label if label not in peaks else f"{label} {process.pid}"] = (
+                    int(hwm.split()[1]) / 1024.0
+                )
+        return {**peaks, "total": sum(peaks.values())}
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.process.poll() is None:
@@ -172,20 +195,23 @@ def start_sink(workdir: Path) -> tuple[Server, Path]:
     return server, record
 
 
-def start_relay(workdir: Path, sink_port: int) -> Server:
+def start_relay(workdir: Path, sink_port: int, chunked: bool = False, max_pdu: int = 0) -> Server:
     argv = [sys.executable, "-m", "bench.relay", "--spool", str(workdir / "relay-spool"),
             "--sink-port", str(sink_port)]  # fmt: skip
+    argv += ["--max-pdu", str(max_pdu)] + (["--chunked-receive"] if chunked else [])
     return Server("relay", argv, workdir / "relay.out", r"port (\d+)")
 
 
-def node_config(workdir: Path, sink_port: int | None, **classify: Any) -> dict[str, Any]:
+def node_config(
+    workdir: Path, sink_port: int | None, max_pdu: int = 0, **classify: Any
+) -> dict[str, Any]:
     destinations = []
     if sink_port is not None:
         destinations.append({"name": "sink", "type": "dicom", "ae_title": "BENCHSINK",
                              "host": "127.0.0.1", "port": sink_port,
                              "retry_delay_s": 0.5})  # fmt: skip
     return {
-        "receive": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": 0},
+        "receive": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": 0, "max_pdu": max_pdu},
         "spool": {"path": str(workdir / "node-spool")},
         "log": {"url": f"sqlite:///{workdir / 'node-log.sqlite3'}"},
         "classify": classify,
@@ -223,19 +249,22 @@ def wait_arrivals(record: Path, uids: list[str], timeout: float) -> dict[str, fl
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's RSS every `interval` seconds (VmHWM gives the lifetime peak; this gives
-    the peak within one phase)."""
+    """Samples the RSS of a server and its children (summed) every `interval` seconds: the peak
+    within one input set (VmHWM gives each process's lifetime peak)."""
 
-    def __init__(self, ps: psutil.Process, interval: float = 0.1) -> None:
+    def __init__(self, server: Server, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.ps, self.interval = ps, interval
+        self.server, self.interval = server, interval
         self.peak = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.ps.memory_info().rss)
+            rss = 0
+            for process in self.server.tree():
+                with contextlib.suppress(psutil.Error):
+                    rss += process.memory_info().rss
+            self.peak = max(self.peak, rss)
             self._stop_event.wait(self.interval)
 
     def stop(self) -> float:

@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--record", required=True)
     args = parser.parse_args()
     ae = AE(ae_title=SINK_AE)
-    ae.maximum_pdu_size = 0
+    # What a PACS typically offers (DCMTK and pynetdicom default to ~16 KiB): senders stream
+    # files in PDUs of this size rather than holding a whole instance in one PDU.
+    ae.maximum_pdu_size = 16382
     ae.maximum_associations = 16
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
