@@ -113,6 +113,7 @@ class DicomSender:
         # (SOP class, transfer syntax) pairs to propose, oldest first; each pair is its own context
         # so the peer can accept or refuse every transfer syntax separately.
         self._wanted: list[tuple[str, str]] = []
+        self._refused_classes: set[str] = set()  # SOP classes the last association refused
 
     def _want(self, sop_class: str, transfer_syntax: str) -> bool:
         """Add the pairs this instance needs; True when the association must be renegotiated."""
@@ -142,7 +143,12 @@ class DicomSender:
             tls_args=self.tls_args,
         )
         if not assoc.is_established:
+            # Every context refused (pynetdicom then aborts): the peer supports none of these
+            # SOP classes in any syntax we offer; permanent, unlike a refused association.
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                self._refused_classes = {cx.abstract_syntax for cx in assoc.rejected_contexts}
             return None
+        self._refused_classes = set()
         self.assoc = assoc
         return assoc
 
@@ -163,6 +169,10 @@ class DicomSender:
         renegotiate = self._want(sop_class, ts)
         stale = self.assoc is None or not self.assoc.is_established or renegotiate
         if stale and self._associate() is None:
+            if sop_class in self._refused_classes:
+                self._refused_classes = set()
+                return Delivery("failed", None, f"permanent: SOP class not supported by peer "
+                                                f"({sop_class}): no context accepted")  # fmt: skip
             return Delivery("retry", None, "association rejected, aborted or peer unreachable")
         assert self.assoc is not None
         try:

@@ -193,3 +193,29 @@ def test_queue_list_summary(tmp_path: Path):
     spool.ensure(["x"])
     result = CliRunner().invoke(app, ["queue", "list", "--spool", str(spool.root), "--summary"])
     assert result.exit_code == 0 and "outgoing/x" in result.output
+
+
+def test_sop_class_the_peer_does_not_support_fails_at_once(start_node, tmp_path):
+    from pynetdicom.sop_class import MRImageStorage
+
+    from tests.node_helpers import RecordingSCP
+
+    mr_only = RecordingSCP(ae_title="MRONLY")
+    mr_only.ae.supported_contexts = []
+    mr_only.ae.add_supported_context(MRImageStorage)
+    mr_only.start()
+    try:
+        node = start_node([mr_only.destination("mr-only")], classify={"modalities": []},
+                          disk={"min_free_mb": 0})  # fmt: skip
+        image = make_images(tmp_path / "images", 1)[0]  # a CR
+        assert send_files(node.port, image) == [0]
+        deadline = time.monotonic() + 20
+        while not node.spool.names(FAILED, "mr-only") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (name,) = node.spool.names(FAILED, "mr-only")
+        meta = json.loads((node.spool.dir(FAILED, "mr-only") / f"{name}.json").read_text())
+        assert meta["attempts"] == 1
+        assert meta["last_detail"].startswith("permanent: SOP class not supported")
+        assert not mr_only.received
+    finally:
+        mr_only.stop()
