@@ -14,9 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid, sop_class
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import ReceiveConfig
@@ -140,12 +142,30 @@ def build_ae(config: ReceiveConfig) -> AE:
     ae.network_timeout = config.network_timeout
     ae.maximum_associations = config.max_associations
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    # A store-and-forward node must not refuse an image because pynetdicom does not list its SOP
-    # class (retired or private classes): treat every unknown abstract syntax as storage. The
-    # switch is process-wide; the node owns its process.
-    _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Every storage SOP class (retired ones too) in every transfer syntax pydicom knows: the node
     # stores whatever a modality sends; decoding problems are the pipeline's to log, not a refusal.
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for retired_class in retired_image_storage_classes():
+        ae.add_supported_context(retired_class, ALL_TRANSFER_SYNTAXES)
     return ae
+
+
+def retired_image_storage_classes() -> list[str]:
+    """Image storage SOP classes pydicom knows but pynetdicom no longer lists (retired ones, e.g.
+    the old Ultrasound Image Storage), registered with pynetdicom's Storage service: old
+    modalities still send them, and a store-and-forward node must not refuse an image for its
+    class."""
+    listed = {context.abstract_syntax for context in AllStoragePresentationContexts}
+    retired = []
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if (
+            kind == "SOP Class"
+            and uid.startswith("1.2.840.10008.5.1.4.1.1.")
+            and "Storage" in name
+            and uid not in listed
+        ):
+            if not hasattr(sop_class, keyword):
+                register_uid(uid, keyword, StorageServiceClass)
+            retired.append(uid)
+    return retired

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.config import NodeConfig
 from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow
-from dicomnode.receive import set_tcp_nodelay
+from dicomnode.receive import retired_image_storage_classes, set_tcp_nodelay
 
 NODE_AE = "DICOMNODE"
 SINK_AE = "SINK"
@@ -72,6 +72,9 @@ class RecordingSCP:
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, syntaxes)
+        # Like a PACS that still takes old modalities' retired image classes (as the node does).
+        for retired_class in retired_image_storage_classes():
+            self.ae.add_supported_context(retired_class, syntaxes)
         self.received: list[Received] = []
         self.associations = 0
         self._lock = threading.Condition()
