@@ -45,6 +45,8 @@ class Node:
         self.metrics = NodeMetrics()  # counted always; served only when metrics.enabled
         self.metrics_server: MetricsServer | None = None
         self.inbox: Any = None  # dicomnode.watch.InboxWatcher when config.inbox.path is set
+        self.web: Any = None  # dicomnode.logdb.web.WebServer when web.enabled
+        self.retention: Any = None  # dicomnode.logdb.retention.RetentionWorker when configured
 
     def _classifier(self) -> ViewClassifier:
         models_dir = self.config.classify.models_dir or DEFAULT_MODELS_DIR
@@ -94,6 +96,15 @@ class Node:
                 self.config.inbox.settle_s,
             ).start()  # fmt: skip
         self.metrics_server = attach_to_node(self)
+        self._start_log_services()
+
+    def _start_log_services(self) -> None:
+        """The auditor web view and log retention, each only when configured."""
+        from dicomnode.logdb.retention import start_retention
+        from dicomnode.logdb.web import start_web_from_config
+
+        self.web = start_web_from_config(self.log_store, self.config.web, self.config.log)
+        self.retention = start_retention(self.log_store, self.config.log)
 
     def _disk_guard(self) -> DiskGuard:
         return DiskGuard(
@@ -141,6 +152,10 @@ class Node:
 
     def stop(self) -> None:
         # Reverse order: stop accepting, let workers finish the file in hand, then forwarders.
+        for service in (self.web, self.retention):
+            if service is not None:
+                service.stop()
+        self.web = self.retention = None
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
