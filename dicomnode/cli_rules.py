@@ -75,7 +75,7 @@ def test(
             received_at=datetime.now(timezone.utc),
             calling_ae=calling_ae,
             called_ae=called_ae or node_config.receive.ae_title,
-            peer_address=peer,
+            peer_address=f"{peer}:0",  # as receive records it: address:port
             sop_class_uid=str(ds.get("SOPClassUID", "")) if ds is not None else "",
             sop_instance_uid=str(ds.get("SOPInstanceUID", "")) if ds is not None else "",
             study_instance_uid=None,

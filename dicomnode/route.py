@@ -146,12 +146,16 @@ def _classification_matches(cond: ClassificationMatch, entry: InstanceLogEntry) 
 
 
 def peer_ip(peer_address: str) -> str:
-    """'10.0.0.5:41234' -> '10.0.0.5'; '[::1]:104' -> '::1'."""
+    """The IP of receive's 'address:port': '10.0.0.5:41234' -> '10.0.0.5', '::1:104' -> '::1'
+    (the port is stripped first, as receive always appends one), '[::1]:104' -> '::1'."""
     text = peer_address.strip()
     if text.startswith("["):
         return text[1 : text.find("]")]
-    if text.count(":") == 1:
-        return text.rsplit(":", 1)[0]
+    for candidate in (text.rsplit(":", 1)[0], text):
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
     return text
 
 
