@@ -12,7 +12,6 @@ import argparse
 import time
 
 import pydicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 from bench.common import SHARED, median, print_table, write_json
 from dicomnode import preprocess
@@ -24,18 +23,6 @@ INPUTS = {
     "DX 2614x3072 12-bit": "dicom/corpus/files/DX__animals_cat.dcm",
     "CR 1024x1024 JPEG baseline": "dicom/cr-chest-pa.dcm",
 }
-
-
-def full_size_pipeline(ds: pydicom.Dataset):
-    frame = pixel_array(ds, index=preprocess.middle_frame_index(ds))
-    values = apply_modality_lut(frame, ds)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        values = apply_voi_lut(values, ds, index=0)
-    grey = preprocess._window_to_uint8(values, has_voi)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        grey = 255 - grey
-    return preprocess.grey_to_model_input(grey)
 
 
 def time_ms(function, ds, repeat: int) -> float:
@@ -58,7 +45,7 @@ def main() -> None:
         ds = pydicom.dcmread(path)
         read_ms = (time.perf_counter() - started) * 1000
         node_ms = time_ms(preprocess.preprocess_dataset, ds, args.repeat)
-        full_ms = time_ms(full_size_pipeline, ds, max(3, args.repeat // 3))
+        full_ms = time_ms(preprocess.full_size_model_input, ds, max(3, args.repeat // 3))
         results[name] = {"file": relative, "read_ms": read_ms, "node_ms": node_ms,
                          "full_size_ms": full_ms}
         rows.append([name, f"{read_ms:.1f}", f"{node_ms:.1f}", f"{full_ms:.1f}",

@@ -184,6 +184,23 @@ def preprocess_dataset(ds: Dataset) -> np.ndarray:
     return grey_to_model_input(dataset_to_grey(ds))
 
 
+def full_size_model_input(ds: Dataset) -> np.ndarray:
+    """The obvious, slow pipeline (full-size decode by pydicom, LUTs in float64, then resize).
+
+    Not used by the node: it is the yardstick the reduced-resolution path is checked against in
+    the tests and timed against in bench/preprocess.py.
+    """
+    frame = pixel_array(ds, index=middle_frame_index(ds))
+    values = apply_modality_lut(frame, ds)
+    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+    if has_voi:
+        values = apply_voi_lut(values, ds, index=0)
+    grey = _window_to_uint8(values, has_voi)
+    if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+        grey = 255 - grey
+    return grey_to_model_input(grey)
+
+
 def preprocess_image_file(path: str | Path) -> np.ndarray:
     """PNG/JPEG radiograph -> uint8 (224, 224), through the same resize as DICOM."""
     try:
