@@ -99,6 +99,28 @@ def backoff_s(policy: RetryPolicy, attempt: int) -> float:
     return float(wait(state))
 
 
+def _pause_reactor(assoc: Association, timeout_s: float = 1.0) -> None:
+    """Make sure the association's reactor thread is really blocked before a C-STORE.
+
+    pynetdicom 3.0's send_c_store clears `_reactor_checkpoint` and waits for `_is_paused`, but
+    the reactor sets `_is_paused = True` just *before* its wait(); if the clear lands between
+    that wait() returning and `_is_paused = False`, the reactor can take the C-STORE response
+    off the queue ("Received unexpected C-STORE service message"); the sender then waits out
+    dimse_timeout and the image is sent twice. Seen about once per 400 images on a loaded
+    2-core machine. A thread blocked in Event.wait() is in the condition's waiter list, which
+    is the reliable sign; send_c_store's own pause then passes at once. Private attributes, so
+    every step is optional: without them this is a no-op.
+    """
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
+    if checkpoint is None or waiters is None or not assoc.is_established:
+        return
+    checkpoint.clear()
+    deadline = time.monotonic() + timeout_s
+    while not waiters and time.monotonic() < deadline and assoc.is_established:
+        time.sleep(0.0002)
+
+
 class DicomSender:
     """C-STORE SCU for one destination; keeps its association open between images."""
 
@@ -177,12 +199,12 @@ class DicomSender:
         assert self.assoc is not None
         try:
             if self._accepted(sop_class, ts):
-                status = self.assoc.send_c_store(path)
+                status = self._store(self.assoc, path)
             else:
                 fallback = self._fallback_dataset(path, sop_class, ts)
                 if isinstance(fallback, Delivery):
                     return fallback
-                status = self.assoc.send_c_store(fallback)
+                status = self._store(self.assoc, fallback)
         except (OSError, RuntimeError, ValueError, AttributeError) as exc:
             self.release()
             return Delivery("retry", None, f"send failed: {exc}")
@@ -190,6 +212,16 @@ class DicomSender:
             self.release()
             return Delivery("retry", None, "no response (timeout or association aborted)")
         return classify_status(int(status.Status))
+
+    @staticmethod
+    def _store(assoc: Association, what: Path | pydicom.Dataset) -> pydicom.Dataset:
+        _pause_reactor(assoc)
+        try:
+            return assoc.send_c_store(what)
+        finally:  # send_c_store resumes the reactor itself; make sure of it on errors too
+            checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+            if checkpoint is not None:
+                checkpoint.set()
 
     def _fallback_dataset(self, path: Path, sop_class: str, ts: str) -> pydicom.Dataset | Delivery:
         """The peer refused the instance's own transfer syntax: decompress to Explicit VR LE."""
