@@ -175,9 +175,7 @@ def failed_conditions(when: When, entry: InstanceLogEntry, ds: Dataset | None) -
         if not matches(condition, value):
             shown = "absent" if value is None else repr(str(value))
             failed.append(f"attributes.{keyword} ({shown})")
-    if when.classification is not None and not _classification_matches(
-        when.classification, entry
-    ):
+    if when.classification is not None and not _classification_matches(when.classification, entry):
         failed.append(
             f"classification (label {entry.label}, confidence {entry.confidence}, "
             f"action {entry.action})"

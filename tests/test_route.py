@@ -186,7 +186,9 @@ def test_routing_decision_is_logged_and_followed(start_node, recording_scp, tmp_
         }  # fmt: skip
         node = start_node(
             [recording_scp.destination("sink"), other.destination("other")],
-            routing=rules, classify={"modalities": []}, disk={"min_free_mb": 0},
+            routing=rules,
+            classify={"modalities": []},
+            disk={"min_free_mb": 0},
         )
         ct = CORPUS / "CT__693_J2KI.dcm"
         assert send_files(node.port, CR_LL, MR, ct) == [0, 0, 0]
