@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--keras", type=Path, default=None, help="Keras model (.keras) to include")
     parser.add_argument("--no-node", action="store_true", help="skip the started-node check")
     parser.add_argument("--node-images", type=int, default=41)
+    parser.add_argument("--node-starts", type=int, default=5)
     parser.add_argument("--output", default="classifier.json")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "NAME", "THREADS"),
                         help=argparse.SUPPRESS)  # fmt: skip
@@ -220,7 +221,16 @@ def main() -> None:
             results[variant][f"threads_{threads}"] = run
             print(f"{variant} {threads} thread(s): {run['steady']['median_ms']:.2f} ms "
                   f"(load {load})", flush=True)  # fmt: skip
-    node = None if args.no_node else node_first_image(5 if args.quick else args.node_images)
+    node = None
+    if not args.no_node:  # a few node starts: one first image per start is one noisy sample
+        runs = [node_first_image(5 if args.quick else args.node_images)
+                for _ in range(1 if args.quick else args.node_starts)]  # fmt: skip
+        node = {**runs[len(runs) // 2], "ratio": median([r["ratio"] for r in runs]),
+                "ratios": [r["ratio"] for r in runs],
+                "first_inference_ms": median([r["first_inference_ms"] for r in runs]),
+                "steady_inference_ms_median": median(
+                    [r["steady_inference_ms_median"] for r in runs]),
+                "starts": len(runs)}  # fmt: skip
     report(results, node, thread_counts)
     payload = {"invokes": invokes, "sample": SAMPLE, "paper": PAPER, "variants": results,
                "node_first_image": node, "quick": args.quick,
@@ -265,9 +275,11 @@ def report(results: dict[str, Any], node: dict[str, Any] | None, thread_counts) 
               f"CPU {int8_cpu:.2f} ms <= {INT8_GOAL_MS} ms: {_ok(int8_cpu)}")
     if node is not None:
         verdict = "yes" if node["ratio"] <= FIRST_IMAGE_GOAL else "NO"
-        print(f"started node, first image inference {node['first_inference_ms']:.2f} ms vs "
-              f"median of the next {node['n'] - 1} {node['steady_inference_ms_median']:.2f} ms: "
-              f"{node['ratio']:.2f}x <= {FIRST_IMAGE_GOAL}x: {verdict}")
+        print(f"started node ({node['starts']} starts, medians): first image inference "
+              f"{node['first_inference_ms']:.2f} ms vs the next {node['n'] - 1} "
+              f"{node['steady_inference_ms_median']:.2f} ms: {node['ratio']:.2f}x "
+              f"(each start: {', '.join(f'{r:.2f}x' for r in node['ratios'])}) "
+              f"<= {FIRST_IMAGE_GOAL}x: {verdict}")
 
 
 def _ok(ms: float) -> str:

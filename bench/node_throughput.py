@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, SHARED, median, percentile, print_table, write_json
+from bench.common import SHARED, median, percentile, print_table, write_json
 from bench.peers import (
     RssSampler,
     Server,
@@ -70,7 +70,8 @@ def run_set(target: Server, record: Path, called_ae: str, templates: list[Templa
     cpu_before = target.cpu_seconds()
     sampler = RssSampler(target)
     sampler.start()
-    sent = stream(target.port, called_ae, templates, count)
+    incidents: list[dict[str, float]] = []
+    sent = stream(target.port, called_ae, templates, count, incidents)
     arrivals = wait_arrivals(record, [s.uid for s in sent], timeout=max(120.0, 3.0 * count))
     cpu_s = target.cpu_seconds() - cpu_before
     rss_mb = sampler.stop()
@@ -91,23 +92,26 @@ def run_set(target: Server, record: Path, called_ae: str, templates: list[Templa
         "cpu_s": cpu_s,
         "cpu_ms_per_image": cpu_s * 1000.0 / count,
         "peak_rss_mb_in_set": rss_mb,
+        "lost_associations": incidents,
         "load_before": load_before,
         "load_after": load_average(),
     }
 
 
-def node_log_stages(database: Path, uids: set[str]) -> dict[str, float]:
+def node_log_stages(database: Path, uids: set[str]) -> dict[str, Any]:
     """The node's own per-image timings from its log rows (nothing for the relay): processing_ms
     (parse + decode + classify + tag) and inference_ms (the model alone)."""
     if not database.is_file():
         return {}
     with sqlite3.connect(database) as db:
         rows = db.execute(
-            "SELECT sop_instance_uid, processing_ms, inference_ms FROM instances"
+            "SELECT sop_instance_uid, processing_ms, inference_ms, action FROM instances"
         ).fetchall()
-    processing = [r[1] for r in rows if r[0] in uids and r[1] is not None]
-    inference = [r[2] for r in rows if r[0] in uids and r[2] is not None]
-    stages = {}
+    rows = [r for r in rows if r[0] in uids]
+    processing = [r[1] for r in rows if r[1] is not None]
+    inference = [r[2] for r in rows if r[2] is not None]
+    # "tagged"-style actions mean a second full copy of the image was written (and fsynced)
+    stages: dict[str, Any] = {"node_actions": dict(Counter(r[3] for r in rows))}
     if processing:
         stages["node_processing_ms_median"] = median(processing)
     if inference:
@@ -157,11 +161,25 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen:
     return spy
 
 
-def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> the functions with the most samples, inclusive and self."""
-    inclusive: Counter[str] = Counter()
-    leaf: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
+def thread_role(thread: str, in_child: bool) -> str:
+    if in_child:
+        return "decode worker process (guard)"
+    name = thread.partition("): ")[2]
+    if name.startswith("classify-"):
+        return "pipeline worker (classify-N)"
+    if name.startswith("forward-"):
+        return "forwarder (forward-DEST)"
+    if "reactor" in name or name.startswith(("RequestorThread", "AcceptorThread")):
+        return "pynetdicom association threads (receive, C-STORE handler, send)"
+    return f"other: {name}"
+
+
+def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> samples per thread role, and for the pipeline worker and
+    the decode process the functions their samples are spent in (inclusive, by function)."""
+    roles: Counter[str] = Counter()
+    pipeline: Counter[str] = Counter()
+    decode: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -169,23 +187,37 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0]
-        # "func (path/to/file.py:123)" -> "func (file.py)": aggregate over lines of a function
-        names = [_frame_name(f) for f in frames[1:]]
+        processes = [f for f in frames if f.startswith("process ")]
+        thread = next((f for f in frames if f.startswith("thread (")), "thread (?)")
+        calls = [_frame_name(f) for f in frames if not f.startswith(("process ", "thread ("))]
+        role = thread_role(thread, len(processes) > 1)
+        roles[role] += count
         total += count
-        threads[thread] += count
-        for name in set(names):
-            inclusive[name] += count
-        if names:
-            leaf[names[-1]] += count
-    def shares(counter: Counter[str]) -> list[tuple[str, int, float]]:
-        return [(n, c, round(100 * c / max(total, 1), 1)) for n, c in counter.most_common(top)]
+        marker = _first(calls, "Pipeline.process")
+        if role.startswith("pipeline") and marker is not None:
+            for name in set(calls[calls.index(marker) + 1 :]):
+                pipeline[name] += count
+        marker = _first(calls, "guarded_preprocess_file")
+        if role.startswith("decode") and marker is not None:
+            for name in set(calls[calls.index(marker) + 1 :]):
+                decode[name] += count
 
-    return {"samples": total, "threads": dict(threads.most_common()),
-            "inclusive": shares(inclusive), "self": shares(leaf)}  # fmt: skip
+    def shares(counter: Counter[str], base: int) -> list[tuple[str, int, float]]:
+        return [(n, c, round(100 * c / max(base, 1), 1)) for n, c in counter.most_common(top)]
+
+    pipeline_total = roles["pipeline worker (classify-N)"]
+    decode_total = roles["decode worker process (guard)"]
+    return {"samples": total, "roles": shares(roles, total),
+            "pipeline_worker": shares(pipeline, pipeline_total),
+            "decode_process": shares(decode, decode_total)}  # fmt: skip
+
+
+def _first(calls: list[str], prefix: str) -> str | None:
+    return next((c for c in calls if c.startswith(prefix)), None)
 
 
 def _frame_name(frame: str) -> str:
+    """"func (path/to/file.py:123)" -> "func (to/file.py)": one entry per function."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = Path(path).parts
@@ -204,17 +236,21 @@ def main() -> None:
     parser.add_argument("--max-pdu", type=int, default=0,
                         help="receive max PDU for relay and node (0: unlimited, the node default)")
     parser.add_argument("--workers", type=int, default=1, help="the node's classify.workers")
+    parser.add_argument("--only", default="", help="run only input sets whose name contains this")
     parser.add_argument("--output", default="node_throughput.json")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
         sets = {}
         for name, (files, full_n, quick_n) in INPUT_SETS.items():
+            if args.only and args.only not in name:
+                continue
             templates = [Template(SHARED / CORPUS / f, workdir) for f in files]
             count = quick_n if args.quick else max(len(files), round(full_n * args.scale))
             sets[name] = (templates, count)
         results: dict[str, Any] = {}
-        profile_raw = RESULTS_DIR / "node_profile.raw.txt" if args.profile else None
+        # raw stacks stay in the temporary folder (about 1 MB); the summary goes into the JSON
+        profile_raw = workdir / "node_profile.raw.txt" if args.profile else None
         for kind in args.targets.split(","):
             print(f"-- {kind} (load {load_average()})", flush=True)
             results[kind] = run_target(kind, workdir / kind, sets,
@@ -243,6 +279,11 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
     print_table(["input set", "target", "N", "images/s", "reply ms median", "reply ms p95",
                  "recv->fwd ms median", "CPU s", "peak RSS MB", "load before (1/5/15 min)"],
                 rows)  # fmt: skip
+    for kind in results:
+        for name in sets:
+            for incident in results[kind][name]["lost_associations"]:
+                print(f"{kind}, {name}: association lost at image {incident['index']} after "
+                      f"{incident['hung_ms'] / 1000:.1f} s; re-associated")  # fmt: skip
     if "node" in results:
         print("\nnode log rows (median ms): " + "; ".join(
             f"{name}: processing {r.get('node_processing_ms_median', 0):.1f}, "
@@ -272,12 +313,13 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
     if profile_raw is not None and profile_raw.is_file():
         summary = summarise_profile(profile_raw)
         payload["profile"] = summary
-        print(f"\npy-spy on the node: {summary['samples']} samples; top inclusive:")
-        for name, count, share in summary["inclusive"]:
-            print(f"  {share:5.1f}%  {count:6d}  {name}")
-        print("top self:")
-        for name, count, share in summary["self"]:
-            print(f"  {share:5.1f}%  {count:6d}  {name}")
+        print(f"\npy-spy on the node: {summary['samples']} samples (100 Hz, non-idle threads)")
+        for title, key in (("by thread role", "roles"),
+                           ("pipeline worker, inside Pipeline.process", "pipeline_worker"),
+                           ("decode process", "decode_process")):  # fmt: skip
+            print(f"{title}:")
+            for name, count, share in summary[key]:
+                print(f"  {share:5.1f}%  {count:6d}  {name}")
     print(f"\nwrote {write_json(args.output, payload)}")
 
 

@@ -22,9 +22,11 @@ from typing import IO, Any
 import psutil
 import pydicom
 import yaml
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 
 from bench.common import REPO_ROOT
+from dicomnode.forward import DicomSender
 from dicomnode.receive import set_tcp_nodelay
 
 # Send each instance from its file as stored: the sender costs the same whatever it sends to.
@@ -81,31 +83,53 @@ class Sent:
     status: int
 
 
-def stream(port: int, called_ae: str, templates: list[Template], count: int) -> list[Sent]:
-    """Send `count` instances (templates in turn, each with a fresh UID) over one association."""
-    ae = AE(ae_title=SENDER_AE)
-    # Generous: on a loaded 2-core machine one reply can take seconds; a timeout would abort the
-    # association and the run, which is worse than a slow number.
-    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 120, 600, 600
-    for pair in sorted({(t.sop_class, t.transfer_syntax) for t in templates}):
-        ae.add_requested_context(pair[0], pair[1])
+def _associate(ae: AE, port: int, called_ae: str) -> Any:
     assoc = ae.associate(
         "127.0.0.1", port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
     )
     if not assoc.is_established:
         raise RuntimeError(f"{called_ae} on port {port} refused the association")
+    return assoc
+
+
+def stream(
+    port: int, called_ae: str, templates: list[Template], count: int, incidents: list | None = None
+) -> list[Sent]:
+    """Send `count` instances (templates in turn, each with a fresh UID) over one association.
+
+    If the association is lost mid-stream (pynetdicom 3.0's reactor race, which DicomSender._store
+    works around, or a timeout), the send is counted in `incidents` with how long it
+    hung, a new association is opened and the stream goes on with a fresh UID: one lost
+    association must not void a run of a thousand images, and it is reported, not hidden.
+    """
+    ae = AE(ae_title=SENDER_AE)
+    # Generous: on a loaded 2-core machine one reply can take seconds; a timeout would abort the
+    # association and the run, which is worse than a slow number.
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 120, 120, 120
+    for pair in sorted({(t.sop_class, t.transfer_syntax) for t in templates}):
+        ae.add_requested_context(pair[0], pair[1])
+    assoc = _associate(ae, port, called_ae)
     sent: list[Sent] = []
     try:
-        for index in range(count):
-            if not assoc.is_established:
-                raise RuntimeError(f"{called_ae} ended the association after {index} of {count}")
+        index = 0
+        while index < count:
             template = templates[index % len(templates)]
             uid = template.renew()
             started, clock = time.time(), time.perf_counter()
-            status = assoc.send_c_store(template.path)
+            try:
+                # the node's own guard against pynetdicom 3.0's reactor race (see forward.py)
+                status = DicomSender._store(assoc, template.path)
+            except RuntimeError:  # the association had already gone
+                status = Dataset()
             reply_ms = (time.perf_counter() - clock) * 1000.0
-            code = int(status.Status) if "Status" in status else -1
-            sent.append(Sent(uid, started, time.time(), reply_ms, code))
+            if "Status" not in status:
+                if incidents is None or len(incidents) >= 5:
+                    raise RuntimeError(f"{called_ae}: association lost after {index} of {count}")
+                incidents.append({"index": index, "hung_ms": reply_ms, "at": started})
+                assoc = _associate(ae, port, called_ae)
+                continue
+            sent.append(Sent(uid, started, time.time(), reply_ms, int(status.Status)))
+            index += 1
     finally:
         if assoc.is_established:
             assoc.release()

@@ -30,6 +30,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from dicomnode.forward import DicomSender
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import _fsync_dir, write_atomic
 
@@ -102,7 +103,7 @@ class Relay:
                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
                     )  # fmt: skip
                 if assoc.is_established:
-                    status = assoc.send_c_store(path)
+                    status = DicomSender._store(assoc, path)  # the node's race guard
                     if status.get("Status") == 0x0000:
                         break
                     assoc.abort()
