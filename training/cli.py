@@ -32,6 +32,9 @@ RecipeOpt = Annotated[str, typer.Option(help=f"Training recipe: {', '.join(RECIP
 RunsOpt = Annotated[Path, typer.Option(help="Work folder (feature caches, Keras files).")]
 LimitOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
     help="Use at most N images per class (quick runs, tests).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--set", help="Change one recipe field for this run, e.g. --set epochs=10 (repeatable); "
+    "the report records the recipe used.")]
 ScalingOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     help="Override the recipe's pixel scaling: unit (x/255) or symmetric ([-1, 1]).")]
 
@@ -71,13 +74,14 @@ def ship(
     runs_dir: RunsOpt = DEFAULT_RUNS_DIR,
     limit_per_class: LimitOpt = None,
     scaling: ScalingOpt = None,
+    overrides: SetOpt = None,
 ) -> None:
     """Train on all data (class-weighted), export every variant, write manifest.json into --out."""
     from training.ship import ship as run_ship
 
     images, dicom = _inputs(images, dicom)
     try:
-        manifest = run_ship(get_recipe(recipe, scaling), images, dicom,
+        manifest = run_ship(get_recipe(recipe, scaling, overrides), images, dicom,
                             weights or default_weights_path(), out, runs_dir, limit_per_class)
     except (WeightsMissingError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -106,6 +110,7 @@ def cv(
     runs_dir: RunsOpt = DEFAULT_RUNS_DIR,
     limit_per_class: LimitOpt = None,
     scaling: ScalingOpt = None,
+    overrides: SetOpt = None,
     steady_invokes: Annotated[int, typer.Option(help="Invokes for the steady-state median.")] = 100,
     variants: Annotated[str, typer.Option(
         help="Comma-separated TFLite variants to export and evaluate (none: Keras only, for "
@@ -117,7 +122,7 @@ def cv(
 
     images, dicom = _inputs(images, dicom)
     try:
-        result = cross_validate(get_recipe(recipe, scaling), images, dicom,
+        result = cross_validate(get_recipe(recipe, scaling, overrides), images, dicom,
                                 weights or default_weights_path(), runs_dir, folds, balanced,
                                 limit_per_class, variants=_variants(variants),
                                 steady_invokes=steady_invokes)
@@ -129,3 +134,20 @@ def cv(
                                      "wall_time_s")}
     json.dump(brief, sys.stdout, indent=2)
     print()
+
+
+@app.command()
+def card(
+    images: ImagesOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder with manifest.json and report/.")] = (
+        REPO_ROOT / "models"),
+) -> None:
+    """Refresh manifest.json's CV metrics and the model card (README.md) from report/*.json."""
+    from training.ship import refresh_card
+
+    try:
+        manifest = refresh_card(out, images or default_images_dir())
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(f"card written; cv_metrics from {manifest['recipe']['name']!r}: "
+               f"{bool(manifest['cv_metrics'])}")

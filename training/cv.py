@@ -12,11 +12,11 @@ import numpy as np
 from training.cache import load_data_cached
 from training.data import Dataset
 from training.export import VARIANTS, export_all, representative_images
-from training.fit import predict_upper, train_upper
+from training.features import recipe_features
+from training.fit import predict, train
 from training.litert_eval import run_tflite, time_keras
 from training.model import Parts, check_weights
 from training.recipes import Recipe
-from training.ship import compute_features
 
 ALL_VARIANTS = ("keras", *VARIANTS)
 
@@ -93,10 +93,10 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
     fold_of = stratified_folds(y, folds, recipe.seed)
     log(f"cv {recipe.name}: {len(y)} images (AP {int((y == 0).sum())}, LA {int((y == 1).sum())}),"
         f" {folds} folds, views {list(recipe.train_views)}, scaling {recipe.scaling}")
-    parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units, recipe.dropout)
-    views = sorted(set(recipe.train_views) | {"orig"})
-    all_features = compute_features(parts, recipe, full.pixels, weights, cache_dir, views)
-    features = {v: f[keep] for v, f in all_features.items()}
+    all_pooled, all_activations = recipe_features(recipe, full.pixels, weights, cache_dir)
+    pooled = {v: f[keep] for v, f in all_pooled.items()}
+    activations = ({v: f[keep] for v, f in all_activations.items()}
+                   if all_activations is not None else None)
     names = ("keras", *variants)
     oof = {name: np.full((len(y), 2), np.nan, dtype=np.float32) for name in names}
     results = []
@@ -108,9 +108,12 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
         log(f"fold {k + 1}/{folds}: train {len(train_idx)}, test {len(test_idx)}")
         parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units,
                       recipe.dropout)
-        train_upper(parts, recipe, features, y, train_idx, balanced=balanced is not None)
+        history = train(parts, recipe, pooled, y, train_idx, activations,
+                        balanced=balanced is not None)
         result = FoldResult(k, len(train_idx), len(test_idx))
-        oof["keras"][test_idx] = predict_upper(parts, features["orig"][test_idx])
+        oof["keras"][test_idx] = (
+            predict(parts.upper, activations["orig"][test_idx]) if parts.fine_tuned
+            else predict(parts.head, pooled["orig"][test_idx]))
         fold_dir = runs_dir / f"cv-{recipe.name}-{recipe.scaling}" / f"fold{k + 1}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         keras_path = fold_dir / "model.keras"
@@ -132,7 +135,7 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
             result.accuracy[name] = float((predicted == y[test_idx]).mean())
         result.wall_s = time.monotonic() - fold_started
         log("  " + ", ".join(f"{n} {result.accuracy[n] * 100:.1f}%" for n in names)
-            + f" ({result.wall_s:.0f}s)")
+            + f" ({result.wall_s:.0f}s; train {history})")
         results.append(result)
     return CVResult(recipe, data, folds, fold_of, results, oof,
                     time.monotonic() - started, balanced, full.skipped)

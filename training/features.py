@@ -49,31 +49,51 @@ def predict_batched(model, pixels: np.ndarray, view: str = "orig", batch: int = 
 
 
 class FeatureCache:
-    """Activations of `parts.lower` for every image and view, keyed by pixels, scaling and layer."""
+    """Outputs of a frozen `lower` model for every image and view, keyed by pixels and tag."""
 
-    def __init__(self, cache_dir: Path, parts, scaling: str, split_layer: str,
-                 weights_key: str) -> None:
+    def __init__(self, cache_dir: Path, lower, tag: str) -> None:
         self.cache_dir = Path(cache_dir)
-        self.parts = parts
-        self.tag = f"{scaling}-{split_layer}-{weights_key}"
+        self.lower = lower
+        self.tag = tag
 
     def get(self, pixels: np.ndarray, view: str) -> np.ndarray:
         path = self.cache_dir / f"features-{self.tag}-{pixels_key(pixels)}-{view}.npy"
         if path.is_file():
             return np.load(path)
-        features = predict_batched(
-            self.parts.lower, pixels, view, label=f"features {view}"
-        ).astype(np.float32)
+        features = predict_batched(self.lower, pixels, view, label=f"{self.tag} {view}")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, features)
+        np.save(tmp, features.astype(np.float32))
         tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
-        return features
+        return features.astype(np.float32)
 
 
-def predict_batched_arrays(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    import tensorflow as tf
+def weights_key(weights: Path) -> str:
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
-    run = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
-    return np.concatenate([run(tf.constant(x[s:s + batch])).numpy()
-                           for s in range(0, len(x), batch)])
+
+def recipe_features(recipe, pixels: np.ndarray, weights: Path, cache_dir: Path
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(pooled base features per training view, split activations per fine-tuning view or None).
+
+    Pooled features of the frozen ImageNet base serve the head stage of every recipe; the
+    split-layer activations feed the fine-tuning stage. Both are computed once per view.
+    """
+    from training.model import POOLED_LAYER, Parts
+
+    wkey = weights_key(weights)
+    views = sorted(set(recipe.train_views) | {"orig"})
+    pooled_parts = Parts(weights, recipe.scaling, POOLED_LAYER)
+    cache = FeatureCache(cache_dir, pooled_parts.lower, f"{recipe.scaling}-{POOLED_LAYER}-{wkey}")
+    pooled = {v: cache.get(pixels, v) for v in views}
+    if recipe.split_layer == POOLED_LAYER or not recipe.fine_tune_epochs:
+        return pooled, None
+    split_parts = Parts(weights, recipe.scaling, recipe.split_layer)
+    cache = FeatureCache(cache_dir, split_parts.lower,
+                         f"{recipe.scaling}-{recipe.split_layer}-{wkey}")
+    tune_views = sorted(set(recipe.fine_tune_views or recipe.train_views) | {"orig"})
+    return pooled, {v: cache.get(pixels, v) for v in tune_views}

@@ -1,4 +1,4 @@
-"""Train the upper part (head, and top blocks when fine-tuning) on cached activations."""
+"""Train on cached activations: the head first, then (fine-tuning recipes) the top blocks too."""
 
 from __future__ import annotations
 
@@ -23,39 +23,48 @@ def stack_views(features: dict[str, np.ndarray], views, idx: np.ndarray,
     return x, np.tile(y[idx], len(views))
 
 
-def train_upper(parts, recipe: Recipe, features: dict[str, np.ndarray], y: np.ndarray,
-                train_idx: np.ndarray, balanced: bool = False) -> dict:
-    """Fit parts.upper on the training indices in every training view. Returns a short history."""
+def _fit(model, recipe: Recipe, x, t, learning_rate: float, epochs: int, weights) -> dict:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, np.eye(2, dtype=np.float32)[t], batch_size=recipe.batch_size,
+                        epochs=epochs, shuffle=True, class_weight=weights, verbose=0)
+    return {"epochs": epochs, "loss": round(float(history.history["loss"][-1]), 5),
+            "train_accuracy": round(float(history.history["accuracy"][-1]), 5)}
+
+
+def train(parts, recipe: Recipe, pooled: dict[str, np.ndarray], y: np.ndarray,
+          train_idx: np.ndarray, activations: dict[str, np.ndarray] | None = None,
+          balanced: bool = False) -> dict:
+    """Stage 1: the head on pooled features of every training view. Stage 2 (fine-tuning
+    recipes): the top blocks and head together on the split activations, at a low rate."""
     import keras
 
     keras.utils.set_random_seed(recipe.seed)
-    x, t = stack_views(features, recipe.train_views, train_idx, y)
+    x, t = stack_views(pooled, recipe.train_views, train_idx, y)
     weights = class_weights(t, recipe.class_weighting and not balanced)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
-    onehot = np.eye(2, dtype=np.float32)[t]
-    parts.upper.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss,
-                        metrics=["accuracy"])
-    history = parts.upper.fit(x, onehot, batch_size=recipe.batch_size, epochs=recipe.epochs,
-                              shuffle=True, class_weight=weights, verbose=0)
-    result = {"epochs": recipe.epochs, "loss": float(history.history["loss"][-1]),
-              "train_accuracy": float(history.history["accuracy"][-1]),
-              "class_weight": weights}
-    if recipe.fine_tune_epochs and parts.top_base is not None:
-        parts.top_base.trainable = True
-        for layer in parts.top_base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-        parts.upper.compile(optimizer=keras.optimizers.Adam(recipe.fine_tune_learning_rate),
-                            loss=loss, metrics=["accuracy"])
-        history = parts.upper.fit(x, onehot, batch_size=recipe.batch_size,
-                                  epochs=recipe.fine_tune_epochs, shuffle=True,
-                                  class_weight=weights, verbose=0)
-        result["fine_tune_loss"] = float(history.history["loss"][-1])
-    return result
+    history = {"class_weight": weights,
+               "head": _fit(parts.head, recipe, x, t, recipe.learning_rate, recipe.epochs,
+                            weights)}
+    if parts.fine_tuned and recipe.fine_tune_epochs:
+        if activations is None:
+            raise ValueError("fine-tuning needs the split-layer activations")
+        parts.unfreeze_top()
+        x, t = stack_views(activations, recipe.fine_tune_views or recipe.train_views,
+                           train_idx, y)
+        history["fine_tune"] = _fit(parts.upper, recipe, x, t, recipe.fine_tune_learning_rate,
+                                    recipe.fine_tune_epochs, weights)
+    return history
 
 
-def predict_upper(parts, features: np.ndarray) -> np.ndarray:
-    """Probabilities (n, 2) from cached activations (what the Keras model gives end to end)."""
-    from training.features import predict_batched_arrays
+def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Probabilities (n, 2) from cached inputs (what the Keras model gives end to end)."""
+    import tensorflow as tf
 
-    return predict_batched_arrays(parts.upper, features)
+    run = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    return np.concatenate([run(tf.constant(x[s:s + batch])).numpy()
+                           for s in range(0, len(x), batch)])

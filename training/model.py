@@ -7,6 +7,7 @@ from pathlib import Path
 from dicomnode.preprocess import MODEL_SIZE
 
 INPUT_SHAPE = (MODEL_SIZE, MODEL_SIZE, 3)
+POOLED_LAYER = "out_relu"  # the base's last activation; split here = frozen base, head only
 
 
 class WeightsMissingError(FileNotFoundError):
@@ -35,61 +36,66 @@ def rescaling_layer(scaling: str):
 
 
 class Parts:
-    """The network in three pieces that share weights:
+    """The network in pieces that share weights:
 
-    lower: 0-255 image -> activations at the split layer (frozen; cached once per image/view)
-    upper: those activations -> class probabilities (trained)
-    full:  0-255 image -> probabilities (exported)
+    lower: 0-255 image -> activations at the split layer (frozen; cached once per image/view);
+           pooled 1280-vector when the split is the base's output
+    top_base: split activations -> base output (the fine-tuned top blocks; None for head only)
+    head: pooled 1280-vector -> probabilities (GAP -> Dense(128, ReLU) -> Dense(2, softmax))
+    upper: split activations -> probabilities (top_base + pooling + head)
+    full: 0-255 image -> probabilities (what is exported)
     """
 
-    def __init__(self, weights: Path, scaling: str, split_layer: str, dense_units: int,
-                 dropout: float) -> None:
+    def __init__(self, weights: Path, scaling: str, split_layer: str = POOLED_LAYER,
+                 dense_units: int = 128, dropout: float = 0.0) -> None:
         import keras
 
         base = keras.applications.MobileNetV2(
             input_shape=INPUT_SHAPE, include_top=False, weights=str(check_weights(weights))
         )
         base.trainable = False
-        image = keras.Input(INPUT_SHAPE, name="image")
-        scaled = rescaling_layer(scaling)(image)
-        split = base.get_layer(split_layer).output
-        self.lower_base = keras.Model(base.input, split, name="frozen_base")
+        self.fine_tuned = split_layer != POOLED_LAYER
         pool = keras.layers.GlobalAveragePooling2D(name="gap")
         drop = keras.layers.Dropout(dropout, name="dropout") if dropout > 0 else None
         dense = keras.layers.Dense(dense_units, activation="relu", name="dense")
         out = keras.layers.Dense(2, activation="softmax", name="probabilities")
 
-        self.fine_tuned = split_layer != "out_relu"
+        def head_on(pooled):
+            return out(dense(drop(pooled) if drop is not None else pooled))
+
+        pooled_in = keras.Input((base.output.shape[-1],), name="pooled")
+        self.head = keras.Model(pooled_in, head_on(pooled_in), name="head")
+
+        image = keras.Input(INPUT_SHAPE, name="image")
+        scaled = rescaling_layer(scaling)(image)
+        split = base.get_layer(split_layer).output
+        lower_base = keras.Model(base.input, split, name="frozen_base")
         if self.fine_tuned:
             self.top_base = keras.Model(split, base.output, name="top_base")
-            for layer in self.top_base.layers:
-                # Batch-norm statistics stay ImageNet's: small folds would skew them.
-                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-            feat_in = keras.Input(tuple(split.shape[1:]), name="activations")
-            x = self.top_base(feat_in, training=False)
-            lower_out = self.lower_base(scaled)
-            pooled_lower = lower_out
+            self.top_base.trainable = False  # unfrozen for the fine-tuning stage only
+            self.lower = keras.Model(image, lower_base(scaled), name="lower")
+            activations = keras.Input(tuple(split.shape[1:]), name="activations")
+            self.upper = keras.Model(
+                activations, head_on(pool(self.top_base(activations, training=False))),
+                name="upper")
+            self.full = keras.Model(
+                image, head_on(pool(self.top_base(lower_base(scaled), training=False))),
+                name="view_classifier")
         else:
             self.top_base = None
-            feat_in = keras.Input((split.shape[-1],), name="pooled")
-            x = None
-            lower_out = pool(self.lower_base(scaled))
-            pooled_lower = lower_out
-        self.lower = keras.Model(image, pooled_lower, name="lower")
+            self.lower = keras.Model(image, pool(lower_base(scaled)), name="lower")
+            self.upper = self.head
+            self.full = keras.Model(image, head_on(pool(lower_base(scaled))),
+                                    name="view_classifier")
 
-        def head(t, pooled: bool):
-            if not pooled:
-                t = pool(t)
-            if drop is not None:
-                t = drop(t)
-            return out(dense(t))
+    def unfreeze_top(self) -> None:
+        """Train the top blocks' convolutions; batch-norm keeps ImageNet statistics (small folds
+        would skew them) by staying non-trainable, i.e. in inference mode."""
+        import keras
 
-        self.upper = keras.Model(
-            feat_in, head(x, pooled=False) if self.fine_tuned else head(feat_in, pooled=True),
-            name="upper",
-        )
-        if self.fine_tuned:
-            full_out = head(self.top_base(self.lower_base(scaled), training=False), pooled=False)
-        else:
-            full_out = head(lower_out, pooled=True)
-        self.full = keras.Model(image, full_out, name="view_classifier")
+        if self.top_base is None:
+            return
+        self.top_base.trainable = True
+        for layer in self.top_base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False

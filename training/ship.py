@@ -15,10 +15,11 @@ import numpy as np
 from dicomnode.classify import ViewClassifier, sha256_file
 from dicomnode.preprocess import MODEL_SIZE, PREPROCESSING_SPEC, preprocess_file
 from training.cache import load_data_cached
+from training.card import write_card
 from training.data import LABELS, shared_dir
 from training.export import VARIANTS, export_all, representative_images
-from training.features import FeatureCache
-from training.fit import train_upper
+from training.features import recipe_features
+from training.fit import train
 from training.model import Parts, check_weights
 from training.recipes import Recipe
 
@@ -36,14 +37,27 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def weights_key(weights: Path) -> str:
-    return sha256_file(weights)[:12]
+def load_cv_metrics(report_dir: Path, recipe_name: str) -> dict:
+    """The CV report of the recipe (python -m training cv), as far as the manifest carries it."""
+    report = report_dir / f"{recipe_name}.json"
+    if not report.is_file():
+        return {}
+    data = json.loads(report.read_text())
+    keys = ("protocol", "variants", "overall_int8_accuracy", "per_body_part", "per_source",
+            "int8_fp32_agreement", "folds", "per_class_n", "wall_time_s", "recipe")
+    return {k: data.get(k) for k in keys}
 
 
-def compute_features(parts: Parts, recipe: Recipe, pixels: np.ndarray, weights: Path,
-                     cache_dir: Path, views) -> dict[str, np.ndarray]:
-    cache = FeatureCache(cache_dir, parts, recipe.scaling, recipe.split_layer, weights_key(weights))
-    return {view: cache.get(pixels, view) for view in views}
+def refresh_card(out_dir: Path, images: Path | None, report_dir: Path | None = None) -> dict:
+    """Re-read the CV reports into manifest.json (cv_metrics) and the model card, leaving the
+    model files and their hashes alone (CV and ship can run in either order)."""
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["cv_metrics"] = load_cv_metrics(report_dir or out_dir / "report",
+                                             manifest["recipe"]["name"])
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_card(out_dir, manifest, images)
+    return manifest
 
 
 def check_files() -> list[Path]:
@@ -76,13 +90,12 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
     dataset = load_data_cached(images, dicom, limit_per_class, cache_dir)
     if len(set(dataset.labels.tolist())) < 2:
         raise ValueError("training data needs both AP and LA images")
-    parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units, recipe.dropout)
-    features = compute_features(parts, recipe, dataset.pixels, weights, cache_dir,
-                                recipe.train_views)
+    pooled, activations = recipe_features(recipe, dataset.pixels, weights, cache_dir)
     y = dataset.labels
     print(f"training {recipe.name} on {len(y)} images x {len(recipe.train_views)} views",
           file=sys.stderr, flush=True)
-    history = train_upper(parts, recipe, features, y, np.arange(len(y)))
+    parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units, recipe.dropout)
+    history = train(parts, recipe, pooled, y, np.arange(len(y)), activations)
     representative = representative_images(dataset.pixels, recipe.representative_samples,
                                             recipe.seed)
     build_dir = runs_dir / "ship"
@@ -104,14 +117,7 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
             "input_range": "0-255 grey repeated to 3 channels (scaling is inside the model)",
             "output": "float32 softmax probabilities in the order of `labels`",
         }
-    cv_metrics = {}
-    report_dir = report_dir or out_dir / "report"
-    report = report_dir / f"{recipe.name}.json"
-    if report.is_file():
-        data = json.loads(report.read_text())
-        cv_metrics = {k: data.get(k) for k in ("variants", "per_body_part", "per_source",
-                                               "int8_fp32_agreement", "folds", "per_class_n",
-                                               "wall_time_s", "overall_int8_accuracy")}
+    cv_metrics = load_cv_metrics(report_dir or out_dir / "report", recipe.name)
     manifest = {
         "name": "dicomnode view classifier (MobileNetV2 1.0, AP vs LA)",
         "labels": list(LABELS),
@@ -137,4 +143,5 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
     manifest["checks"] = check_variants(out_dir, entries)
     manifest["wall_time_s"] = round(time.monotonic() - started, 1)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_card(out_dir, manifest, images)
     return manifest

@@ -1,0 +1,219 @@
+"""Tiny end-to-end training run on real data: images + DICOM in, CV report and shipped models out.
+
+2 folds, 1 epoch, a few dozen images; real ImageNet weights; all four TFLite exports; LiteRT
+inference; manifest and sha256 checks through the node's own loader.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.shared_data import CHEST_PA, CORPUS_DIR, SHARED, WEIGHTS, XRAY_VIEWS
+from training.data import label_from_view_position, load_dicom_tree, load_image_folder
+from training.recipes import Recipe
+
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared absent")
+
+TINY = Recipe(name="tiny", scaling="symmetric", split_layer="out_relu",
+              train_views=("orig", "flip", "invert"), epochs=1, batch_size=8,
+              learning_rate=1e-3, representative_samples=6)
+# The shipped recipe's path: head first, then the top of the base fine-tuned on cached activations.
+TINY_FINE_TUNED = Recipe(name="tiny-ft", scaling="symmetric", split_layer="block_16_project_BN",
+                         train_views=("orig", "flip"), epochs=1, batch_size=8,
+                         learning_rate=1e-3, fine_tune_epochs=1, fine_tune_learning_rate=1e-4,
+                         fine_tune_views=("orig",), representative_samples=6)
+PER_CLASS = 12
+DICOM_FILES = {
+    "CR__RG1_J2KI.dcm": "AP",  # PA chest, JPEG 2000, MONOCHROME1
+    "CR__RG3_J2KI.dcm": "AP",  # AP extremity
+    "CR__77654033_CR1_6154.dcm": "LA",  # LL C-spine thumbnail
+    "CR__77654033_CR2_6247.dcm": "AP",
+}
+BAD_DICOM = {
+    "CR-headeronly__chrJapMulti.dcm": "cannot preprocess",  # PA, but no pixel data
+    "MR-malformed__MR_truncated.dcm": "",  # MR: no ViewPosition -> skipped and counted
+}
+
+
+@pytest.fixture(scope="module")
+def dicom_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dicom")
+    for name in [*DICOM_FILES, *BAD_DICOM]:
+        (folder / name).symlink_to(CORPUS_DIR / "files" / name)
+    (folder / "sub").mkdir()
+    (folder / "sub" / CHEST_PA.name).symlink_to(CHEST_PA)
+    (folder / "sub" / "not-dicom.txt").write_text("hello")
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two images per class from the shared set, one corrupt image and one unknown label."""
+    lines = (XRAY_VIEWS / "labels.csv").read_text().splitlines()
+    rows = [r for r in lines[1:] if ",frontal," in r][:2] + [r for r in lines[1:]
+                                                             if ",lateral," in r][:2]
+    for row in rows:
+        name = row.split(",")[0]
+        (tmp_path / Path(name).name).symlink_to(XRAY_VIEWS / name)
+    rows = [",".join([Path(r.split(",")[0]).name, *r.split(",")[1:]]) for r in rows]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    rows += ["broken.jpg,lateral,broken-source,chest", "x.jpg,oblique,somewhere,chest"]
+    (tmp_path / "labels.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    return tmp_path
+
+
+def test_view_position_labels() -> None:
+    assert label_from_view_position("PA") == "AP"
+    assert label_from_view_position("ap ") == "AP"
+    assert label_from_view_position("LL") == "LA"
+    assert label_from_view_position("RL") == "LA"
+    assert label_from_view_position("LATERAL") == "LA"
+    assert label_from_view_position("LLO") is None
+    assert label_from_view_position("") is None
+
+
+def test_dicom_tree_labels_by_view_position_and_lists_what_it_skips(dicom_folder: Path) -> None:
+    dataset = load_dicom_tree(dicom_folder)
+    labels = {Path(s.path).name: s.label for s in dataset.samples}
+    assert labels == {**DICOM_FILES, CHEST_PA.name: "AP"}
+    reasons = {Path(s.path).name: s.reason for s in dataset.skipped}
+    assert set(reasons) == {*BAD_DICOM, "not-dicom.txt"}
+    assert "cannot preprocess" in reasons["CR-headeronly__chrJapMulti.dcm"]
+    assert "ViewPosition" in reasons["MR-malformed__MR_truncated.dcm"]
+    assert dataset.pixels.shape == (5, 224, 224)
+
+
+def test_image_folder_skips_bad_rows_and_lists_why(image_folder: Path) -> None:
+    dataset = load_image_folder(image_folder)
+    assert sorted(s.label for s in dataset.samples) == ["AP", "AP", "LA", "LA"]
+    assert dataset.pixels.shape == (4, 224, 224)
+    reasons = {s.path: s.reason for s in dataset.skipped}
+    assert set(reasons) == {"broken.jpg", "x.jpg"}
+    assert "cannot read image" in reasons["broken.jpg"] and "oblique" in reasons["x.jpg"]
+    assert len(dataset.fingerprint) == 64
+    picked = load_image_folder(XRAY_VIEWS, limit_per_class=3)
+    assert sorted(s.label for s in picked.samples) == ["AP"] * 3 + ["LA"] * 3
+
+
+def test_missing_weights_file_stops_with_a_clear_message(tmp_path: Path) -> None:
+    from training.cli import app
+
+    missing = tmp_path / "nowhere.h5"
+    result = CliRunner().invoke(app, ["ship", "--weights", str(missing), "--out",
+                                      str(tmp_path / "models"), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert str(missing) in result.output and "--weights" in result.output
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.fixture(scope="module")
+def cv_result(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    from training.cv import cross_validate
+
+    runs = tmp_path_factory.mktemp("runs")
+    return cross_validate(TINY, XRAY_VIEWS, dicom_folder, WEIGHTS, runs, folds=2,
+                          limit_per_class=PER_CLASS, steady_invokes=3)
+
+
+def test_tiny_cross_validation_writes_a_complete_report(cv_result, tmp_path: Path) -> None:
+    from training.report import write_report
+
+    n = len(cv_result.dataset.samples)
+    assert n == 2 * PER_CLASS + len(DICOM_FILES) + 1
+    assert {s.kind for s in cv_result.dataset.samples} == {"image", "dicom"}
+    skipped = {Path(s.path).name for s in cv_result.skipped}
+    assert {"not-dicom.txt", *BAD_DICOM} <= skipped
+    for name, probabilities in cv_result.oof.items():
+        assert not np.isnan(probabilities).any(), name  # every image tested exactly once
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-2), name
+    summary = write_report(cv_result, tmp_path)
+    assert set(summary["variants"]) == {"keras", "fp32", "fp16", "dynamic", "int8"}
+    for row in summary["variants"].values():
+        assert {"accuracy_mean", "accuracy_sd", "size_kb", "warmup_ms", "steady_ms"} <= set(row)
+        assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["size_kb"] > 1000
+    sizes = summary["variants"]
+    assert sizes["int8"]["size_kb"] < sizes["fp16"]["size_kb"] < sizes["fp32"]["size_kb"]
+    assert summary["folds"] == 2 and sum(summary["per_class_n"].values()) == n
+    assert 0.0 <= summary["int8_fp32_agreement"] <= 1.0
+    cm = np.array(summary["confusion_matrix"]["rows_true_cols_predicted"])
+    assert cm.sum() == n and len(summary["misclassified"]) == cm[0, 1] + cm[1, 0]
+    assert "chest" in summary["per_body_part"]
+    for suffix in (".json", ".md", ".png", "-folds.csv", "-misclassified.csv"):
+        assert (tmp_path / f"tiny{suffix}").stat().st_size > 0
+    assert json.loads((tmp_path / "tiny.json").read_text())["variants"] == summary["variants"]
+
+
+@pytest.fixture(scope="module")
+def shipped(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    from training.ship import ship
+
+    out = tmp_path_factory.mktemp("models")
+    runs = tmp_path_factory.mktemp("runs")
+    manifest = ship(TINY_FINE_TUNED, XRAY_VIEWS, dicom_folder, WEIGHTS, out, runs,
+                    limit_per_class=PER_CLASS)
+    return out, manifest
+
+
+def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped) -> None:
+    from dicomnode.classify import ViewClassifier, sha256_file
+    from dicomnode.preprocess import PREPROCESSING_SPEC, preprocess_file
+
+    out, _ = shipped
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["labels"] == ["AP", "LA"] and on_disk["default_variant"] == "int8"
+    assert on_disk["preprocessing"] == PREPROCESSING_SPEC
+    assert len(on_disk["training_data_sha256"]) == 64
+    assert {"tensorflow-cpu", "ai-edge-litert"} <= set(on_disk["versions"])
+    assert set(on_disk["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
+    assert not list(out.glob("*.keras"))  # the Keras file stays in the work folder
+    grey = preprocess_file(CHEST_PA)
+    for name, entry in on_disk["variants"].items():
+        path = out / entry["file"]
+        assert entry["sha256"] == sha256_file(path)
+        assert entry["size_bytes"] == path.stat().st_size
+        assert entry["input_shape"] == [1, 224, 224, 3] and entry["input_dtype"] == "float32"
+        prediction = ViewClassifier.from_manifest(out, name).predict(grey)
+        assert prediction.label in ("AP", "LA")
+        assert abs(sum(prediction.probabilities.values()) - 1.0) < 1e-2
+    assert set(on_disk["checks"][CHEST_PA.name]) == set(on_disk["variants"])
+    assert "fine_tune" in on_disk["training"]
+    card = (out / "README.md").read_text()
+    assert "Intended use" in card and "CC BY 4.0" in card
+    assert on_disk["training_data_sha256"] in card
+
+
+def test_card_refresh_takes_cv_metrics_without_touching_models(shipped, cv_result,
+                                                                tmp_path: Path) -> None:
+    from training.report import write_report
+    from training.ship import refresh_card
+
+    out, _ = shipped
+    copy = tmp_path / "models"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "manifest.json").read_text())
+    write_report(cv_result, copy / "report", name="tiny-ft")  # as if CV ran after ship
+    after = refresh_card(copy, XRAY_VIEWS)
+    assert after["variants"] == before["variants"]
+    assert after["cv_metrics"]["variants"]["int8"]["accuracy_mean"] >= 0.0
+    assert "Row by row against the paper" in (copy / "README.md").read_text()
+
+
+def test_node_refuses_a_tampered_model(shipped, tmp_path: Path) -> None:
+    from dicomnode.classify import ModelError, ViewClassifier
+
+    out, _ = shipped
+    copy = tmp_path / "models"
+    shutil.copytree(out, copy)
+    ViewClassifier.from_manifest(copy)  # the untouched copy loads
+    target = copy / "model_int8.tflite"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        ViewClassifier.from_manifest(copy)
