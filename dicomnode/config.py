@@ -50,7 +50,8 @@ class ReceiveConfig(_Strict):
     ae_title: str = Field("DICOMNODE", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
-    max_pdu: int = Field(0, ge=0, description="0 = unlimited")
+    # 64 KiB PDUs keep a 16 MB instance from being buffered whole per association (0 = unlimited)
+    max_pdu: int = Field(65536, ge=0, description="0 = unlimited")
     # seconds; None waits forever
     acse_timeout: float | None = 30.0
     dimse_timeout: float | None = 60.0
