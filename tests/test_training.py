@@ -156,7 +156,7 @@ def shipped(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("models")
     runs = tmp_path_factory.mktemp("runs")
     manifest = ship(TINY_FINE_TUNED, XRAY_VIEWS, dicom_folder, WEIGHTS, out, runs,
-                    limit_per_class=PER_CLASS)
+                    limit_per_class=PER_CLASS, latency_invokes=3)
     return out, manifest
 
 
@@ -198,7 +198,7 @@ def test_card_refresh_takes_cv_metrics_without_touching_models(shipped, cv_resul
     shutil.copytree(out, copy)
     before = json.loads((copy / "manifest.json").read_text())
     write_report(cv_result, copy / "report", name="tiny-ft")  # as if CV ran after ship
-    after = refresh_card(copy, XRAY_VIEWS)
+    after = refresh_card(copy, XRAY_VIEWS, latency_invokes=3)
     assert after["variants"] == before["variants"]
     assert after["cv_metrics"]["variants"]["int8"]["accuracy_mean"] >= 0.0
     assert "Row by row against the paper" in (copy / "README.md").read_text()

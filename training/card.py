@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from training.report import PAPER_TABLE
 
@@ -30,9 +33,9 @@ def _load(path: Path) -> dict | None:
 
 def _variant_rows(manifest: dict, reports: dict[str, dict]) -> list[str]:
     names = list(reports)
-    lines = ["| variant | paper: size KB | paper: accuracy | "
-             + " | ".join(f"{n}: accuracy (5-fold mean ± sd) | {n}: size KB | "
-                          f"{n}: steady ms" for n in names) + " | shipped file KB |",
+    lines = ["| variant | publication: size KB | publication: accuracy | "
+             + " | ".join(f"recipe {n}: accuracy (5-fold mean ± sd) | size KB | "
+                          "steady ms (CV run)" for n in names) + " | shipped file KB |",
              "|---|---|---|" + "---|---|---|" * len(names) + "---|"]
     for variant, paper in PAPER_TABLE.items():
         cells = []
@@ -49,7 +52,25 @@ def _variant_rows(manifest: dict, reports: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_card(out_dir: Path, manifest: dict, images: Path | None) -> Path:
+def _latency_lines(out_dir: Path, manifest: dict, invokes: int) -> list[str]:
+    """Time the shipped files now (the CV runs share 2 cores with other work, so their
+    latency columns are upper bounds)."""
+    from training.litert_eval import run_tflite
+
+    load = os.getloadavg()[0]
+    lines = ["", f"## Latency of the shipped files (ai-edge-litert, 1 thread, XNNPACK; median of "
+             f"{invokes} invokes; measured when this card was written, load average {load:.1f} "
+             "on 2 cores)", "", "| variant | size KB | warm-up ms | steady ms |",
+             "|---|---|---|---|"]
+    probe = np.full((1, 224, 224), 128, dtype=np.uint8)
+    for name, entry in manifest["variants"].items():
+        run = run_tflite(out_dir / entry["file"], probe, steady_invokes=invokes)
+        lines.append(f"| {name} | {run.size_kb:,.0f} | {run.warmup_ms:.1f} | {run.steady_ms:.2f} |")
+    return lines
+
+
+def write_card(out_dir: Path, manifest: dict, images: Path | None,
+               latency_invokes: int = 300) -> Path:
     report_dir = out_dir / "report"
     recipe = manifest["recipe"]
     # The paper's recipe next to the recipe these files were trained with.
@@ -120,6 +141,7 @@ def write_card(out_dir: Path, manifest: dict, images: Path | None) -> Path:
                     shipped["per_body_part"])):
                 lines.append(f"| {part} | {_pct(reports['paper']['per_body_part'].get(part))} | "
                              f"{_pct(shipped['per_body_part'].get(part))} |")
+    lines += _latency_lines(out_dir, manifest, latency_invokes)
     checks = manifest.get("checks", {})
     if checks:
         lines += ["", "## Reference DICOM files (node path: dicomnode.preprocess + ViewClassifier)",
@@ -141,6 +163,11 @@ def write_card(out_dir: Path, manifest: dict, images: Path | None) -> Path:
         "one film, and burned-in annotations are under-represented.",
         "- MONOCHROME1 films are inverted by the preprocessing; the model is trained on inverted "
         "views too (so a negative film still gets the right label), see the reference files above.",
+        "- Int8 runs at about 10-11 ms per image on one thread of this team's x86 machines "
+        "(a random-weight MobileNetV2 Int8 file runs the same, so it is the runtime/CPU, not this "
+        "model); the issue's 3.5 ms goal is not met here.",
+        "- The shipped recipe does not reach the issue's goals on the small VQA-Med body parts "
+        "(limbs/joints and spine ≥ 97%); see the per-body-part table.",
         "- No PA class of its own, no oblique/decubitus class; confidence is a softmax, not a "
         "calibrated probability.",
         "",

@@ -207,9 +207,9 @@ def write_comparison(report_dir: Path) -> None:
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(report_dir.glob("*.json"))}
     if not reports:
         return
-    heads = " | ".join(f"{n} accuracy | {n} KB | {n} steady ms" for n in reports)
+    heads = " | ".join(f"recipe {n}: accuracy | KB | steady ms" for n in reports)
     lines = ["# Recipes side by side (Int8 etc. evaluated with ai-edge-litert, 1 thread)", "",
-             f"| variant | paper accuracy | paper KB | {heads} |",
+             f"| variant | publication accuracy | publication KB | {heads} |",
              "|---|---|---|" + "---|---|---|" * len(reports)]
     for variant, paper in PAPER_TABLE.items():
         cells = []

@@ -48,7 +48,8 @@ def load_cv_metrics(report_dir: Path, recipe_name: str) -> dict:
     return {k: data.get(k) for k in keys}
 
 
-def refresh_card(out_dir: Path, images: Path | None, report_dir: Path | None = None) -> dict:
+def refresh_card(out_dir: Path, images: Path | None, report_dir: Path | None = None,
+                 latency_invokes: int = 300) -> dict:
     """Re-read the CV reports into manifest.json (cv_metrics) and the model card, leaving the
     model files and their hashes alone (CV and ship can run in either order)."""
     manifest_path = out_dir / "manifest.json"
@@ -56,7 +57,7 @@ def refresh_card(out_dir: Path, images: Path | None, report_dir: Path | None = N
     manifest["cv_metrics"] = load_cv_metrics(report_dir or out_dir / "report",
                                              manifest["recipe"]["name"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    write_card(out_dir, manifest, images)
+    write_card(out_dir, manifest, images, latency_invokes)
     return manifest
 
 
@@ -83,7 +84,7 @@ def check_variants(models_dir: Path, variants) -> dict[str, dict[str, dict]]:
 
 def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path, out_dir: Path,
          runs_dir: Path, limit_per_class: int | None = None, variants=VARIANTS,
-         report_dir: Path | None = None) -> dict:
+         report_dir: Path | None = None, latency_invokes: int = 300) -> dict:
     started = time.monotonic()
     check_weights(weights)
     cache_dir = runs_dir / "cache"
@@ -143,5 +144,5 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
     manifest["checks"] = check_variants(out_dir, entries)
     manifest["wall_time_s"] = round(time.monotonic() - started, 1)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    write_card(out_dir, manifest, images)
+    write_card(out_dir, manifest, images, latency_invokes)
     return manifest
