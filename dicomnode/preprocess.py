@@ -108,16 +108,19 @@ def _reduce_for_model(frame: np.ndarray) -> np.ndarray:
     """Block-average a full-size frame down to about REDUCED_MIN_SIDE, as float32.
 
     LUTs and windowing then run on ~0.2 Mpixel instead of ~8 Mpixel; the final 224x224 resize
-    is the same either way (grey_to_model_input).
+    is the same either way (grey_to_model_input). The mean runs on the stored integers with a
+    float32 accumulator, so no full-size float copy is made (a 2614x3072 DX would need two of
+    32 MB each); the last rows/columns that do not fill a block (< factor) are dropped.
     """
     if frame.ndim == 3:
         weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
         frame = frame.astype(np.float32, copy=False) @ weights
     factor = _reduction_factor(*frame.shape[:2])
-    image = Image.fromarray(frame.astype(np.float32, copy=False), mode="F")
-    if factor > 1:
-        image = image.reduce(factor)
-    return np.asarray(image, dtype=np.float32)
+    if factor == 1:
+        return frame.astype(np.float32, copy=False)
+    rows, columns = (frame.shape[0] // factor) * factor, (frame.shape[1] // factor) * factor
+    blocks = frame[:rows, :columns].reshape(rows // factor, factor, columns // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def _window_to_uint8(values: np.ndarray, has_voi: bool) -> np.ndarray:
