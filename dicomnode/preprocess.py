@@ -89,12 +89,20 @@ def _decode_reduced_with_pillow(ds: Dataset) -> np.ndarray | None:
             with Image.open(io.BytesIO(codestream)) as image:
                 if image.mode not in ("L", "I;16") or image.size != (columns, rows):
                     return None
+                scale = 1 << reduce
+                expected = (-(-rows // scale), -(-columns // scale))  # OpenJPEG rounds up
                 image.reduce = reduce  # type: ignore[method-assign,assignment]
+                # Pillow rounds the reduced size to nearest, OpenJPEG up: for odd sizes such as
+                # 1841 x 1955 the buffer is one column short and decoding fails. Presetting the
+                # size to a multiple of the scale makes Pillow's rounding give OpenJPEG's size.
+                image._size = (expected[1] * scale, expected[0] * scale)
                 try:
                     image.load()
                 except OSError:
                     continue
                 pixels = np.asarray(image)
+                if pixels.shape != expected:
+                    continue
                 # Pillow scales 9-16 bit samples up to the full 16-bit range; undo it.
                 if image.mode == "I;16" and precision < 16:
                     pixels = pixels >> (16 - precision)
