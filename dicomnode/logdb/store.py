@@ -8,6 +8,7 @@ BEGIN IMMEDIATE so two writers queue on the busy timeout instead of failing on a
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from dicomnode.logdb import schema
 from dicomnode.logdb.entry import ACTIONS, InstanceLogEntry
@@ -70,11 +72,24 @@ def create_private_file(path: Path) -> None:
     SQLite gives its -wal and -shm files the permissions of the main file, so they follow.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except FileExistsError:  # it exists already, or a second node starting now just made it
         return
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)  # why: explicit, whatever the umask did to os.open's mode
+
+
+@retry(
+    retry=retry_if_exception(lambda exc: "locked" in str(exc)),
+    wait=wait_random(0.01, 0.1),
+    stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_MS / 1000),
+    reraise=True,
+)
+def set_wal_mode(cursor: sqlite3.Cursor) -> None:
+    """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
+    while another process (a second node starting now) is creating or converting the file."""
+    cursor.execute("PRAGMA journal_mode = WAL")
 
 
 def build_engine(url: str) -> Engine:
@@ -95,7 +110,7 @@ def build_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            set_wal_mode(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on app crash
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
