@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 # Access control, TLS, hostile-input limits and metrics (security engineer's sections).
+from dicomnode.addresses import is_loopback
 from dicomnode.hardening import (
     AllowedCallers,
     GuardConfig,
@@ -131,13 +132,7 @@ class WebConfig(_Strict):
 
     @model_validator(mode="after")
     def _public_address_needs_token(self) -> WebConfig:
-        import ipaddress
-
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
-        if self.token is None and not loopback:
+        if self.token is None and not is_loopback(self.host):
             raise ValueError(
                 f"host {self.host!r} is not a loopback address: set web.token to serve the log "
                 "beyond this machine, or use 127.0.0.1"

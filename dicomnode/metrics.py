@@ -8,7 +8,6 @@ not collide in prometheus-client's global registry.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import threading
@@ -20,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from dicomnode.addresses import is_loopback
 
 LOGGER = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
-        if not _is_loopback(self.host):
+        if not is_loopback(self.host):
             LOGGER.warning(
                 "metrics endpoint bound to %s: reachable beyond this machine, without auth",
                 self.host,
@@ -217,13 +218,6 @@ class MetricsServer:
             self._thread = None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _seconds_since(received_at: Any) -> float | None:

@@ -9,7 +9,6 @@ cookie). Only GET/HEAD exist: the view cannot change the log. No scripts, no ext
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import threading
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
@@ -20,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from dicomnode.addresses import is_loopback
 from dicomnode.logdb.entry import ACTIONS, patient_id_in_configured_form
 from dicomnode.logdb.query import (
     DELIVERY_STATUSES,
@@ -71,13 +71,6 @@ class BadRequest(ValueError):
     pass
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_time(value: str, name: str) -> datetime:
