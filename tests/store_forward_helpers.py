@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow
 from dicomnode.receive import set_tcp_nodelay
-from tests.node_helpers import NODE_AE, RecordingSCP, free_port
+from tests.node_helpers import NODE_AE, RecordingSCP, free_port, stop_process
 from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,13 +157,7 @@ class NodeProcess:
         self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 
