@@ -135,3 +135,12 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield postgres_server.url(name)
     finally:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """The log's URL on each backend: a new SQLite file (in a folder LogStore must create) or a
+    fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log' / 'dicomnode-log.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -20,13 +20,6 @@ from tests.logdb_helpers import MODEL_A, MODEL_B, make_entry
 pytest_plugins = ["tests.fixtures_postgres"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log' / 'dicomnode-log.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def store(db_url):
     log = LogStore.open(db_url)

@@ -109,14 +109,9 @@ def to_log_filter(f: dict) -> LogFilter:
     return LogFilter(**values)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_store(request, tmp_path):
-    url = (
-        f"sqlite:///{tmp_path / 'log.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = LogStore.open(url)
+@pytest.fixture
+def empty_store(db_url):
+    store = LogStore.open(db_url)
     try:
         yield store
     finally:

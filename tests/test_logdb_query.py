@@ -26,13 +26,6 @@ from tests.logdb_helpers import DAY1, MODEL_A, MODEL_B, STUDY_A, STUDY_B, make_e
 pytest_plugins = ["tests.fixtures_postgres"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def populated(db_url):
     store = LogStore.open(db_url)

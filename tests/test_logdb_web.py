@@ -22,14 +22,9 @@ CHROMIUM_ARGS = [
 TOKEN = "auditor-token-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def populated_store(request, tmp_path):
-    url = (
-        f"sqlite:///{tmp_path / 'log.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = LogStore.open(url)
+@pytest.fixture
+def populated_store(db_url):
+    store = LogStore.open(db_url)
     try:
         populate(store)
         yield store
@@ -64,7 +59,7 @@ def fetch(url: str, headers: dict | None = None, method: str = "GET") -> tuple[i
         return error.code, error.read().decode(), dict(error.headers)
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_browser_search_open_study_and_summary(view, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -125,20 +120,20 @@ def test_pages_over_http_on_both_backends(view):
     assert status == 200 and "since: &#x27;yesterday&#x27; is not an ISO date" in body
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_view_is_read_only(view):
     for method in ("POST", "PUT", "DELETE"):
         assert fetch(view.url, method=method)[0] == 405
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_tokenless_view_refuses_foreign_host_headers(view):
     # a DNS-rebinding page reaches 127.0.0.1 under its own name
     assert fetch(view.url, {"Host": f"evil.example:{view.port}"})[0] == 403
     assert fetch(view.url, {"Host": f"localhost:{view.port}"})[0] == 200
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_token_is_required_when_configured(token_view):
     assert fetch(token_view.url)[0] == 401
     assert fetch(token_view.url, {"Authorization": "Bearer wrong-token-xxxxxxxx"})[0] == 401
@@ -150,13 +145,13 @@ def test_token_is_required_when_configured(token_view):
     assert fetch(token_view.url + "summary", {"Cookie": cookie})[0] == 200
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_public_address_without_token_is_refused(populated_store):
     with pytest.raises(WebConfigError, match="token"):
         start_web(populated_store, host="0.0.0.0", port=0)
 
 
-@pytest.mark.parametrize("populated_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_node_config_starts_the_view_only_when_enabled(populated_store):
     from dicomnode.config import parse_config
     from dicomnode.logdb.web import start_web_from_config
