@@ -233,8 +233,9 @@ def main() -> None:
                         help="relay, node, relay-chunked (relay receiving to a file)")
     parser.add_argument("--profile", action="store_true",
                         help="also record the node with py-spy (timings of that run are skewed)")
-    parser.add_argument("--max-pdu", type=int, default=0,
-                        help="receive max PDU for relay and node (0: unlimited, the node default)")
+    parser.add_argument("--max-pdu", type=int, default=65536,
+                        help="receive max PDU for relay and node (default: the node's 64 KiB; "
+                        "0: unlimited)")
     parser.add_argument("--workers", type=int, default=1, help="the node's classify.workers")
     parser.add_argument("--only", default="", help="run only input sets whose name contains this")
     parser.add_argument("--output", default="node_throughput.json")

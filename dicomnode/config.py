@@ -88,6 +88,9 @@ class ClassifyConfig(_Strict):
     variant: str | None = None  # None: the manifest's default_variant (the Int8 model)
     workers: int = Field(1, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1, le=64)
+    # CPU niceness of the classify workers and their decode processes: receiving (the C-STORE
+    # reply a modality waits for) and forwarding keep priority over the AI on a busy box.
+    nice: int = Field(10, ge=0, le=19)
 
 
 class TagConfig(_Strict):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import zlib
 from dataclasses import dataclass
@@ -276,8 +277,11 @@ def _guarded_decompress_file(path: str | Path, limits: Limits) -> bytes:
     return buffer.getvalue()
 
 
-def _worker_main(conn: Connection, limits: Limits) -> None:
+def _worker_main(conn: Connection, limits: Limits, nice: int = 0) -> None:
     import dicomnode.preprocess  # noqa: F401  (import before "ready": not part of any timeout)
+
+    if nice:
+        os.nice(nice)  # decoding yields the CPU to receiving (see ClassifyConfig.nice)
 
     if limits.worker_memory_bytes:
         import resource
@@ -319,8 +323,9 @@ class IsolatedDecoder:
     for parallel decoding. Use as a context manager or call close().
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, nice: int = 0) -> None:
         self.limits = limits or Limits()
+        self.nice = nice
         self._context = multiprocessing.get_context("spawn")  # safe beside pynetdicom threads
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -332,7 +337,7 @@ class IsolatedDecoder:
             self._stop_worker()
             parent, child = self._context.Pipe()
             process = self._context.Process(
-                target=_worker_main, args=(child, self.limits), daemon=True,
+                target=_worker_main, args=(child, self.limits, self.nice), daemon=True,
                 name="dicomnode-decode",
             )  # fmt: skip
             process.start()

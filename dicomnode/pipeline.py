@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DEFER_SIZE = 64 * 1024  # bytes; values larger than this are read from the file on access
 
 
 class InstanceLog(Protocol):
@@ -98,7 +100,7 @@ class Pipeline:
             if self.classifies and self.classifier_factory is not None:
                 classifier = self.classifier_factory()
                 if self.isolate_decode:
-                    decoder = IsolatedDecoder(self.limits)
+                    decoder = IsolatedDecoder(self.limits, nice=self.config.classify.nice)
                     decoder.start()  # spawn now: the first image must not pay for it
                     self._decoders.append(decoder)
             workers.append((classifier, decoder))
@@ -138,6 +140,7 @@ class Pipeline:
         return busy == 0 and self._queue.empty() and not self.spool.names(INCOMING)
 
     def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None) -> None:
+        lower_thread_priority(self.config.classify.nice)
         while True:
             name = self._queue.get()
             if name is _STOP or self._stopping.is_set():
@@ -188,7 +191,9 @@ class Pipeline:
         try:
             # deflate bombs are refused before pydicom inflates them in this process (security)
             check_file(path, self.limits, meta.get("transfer_syntax_uid"))
-            ds = pydicom.dcmread(path)
+            # Large values (pixel data) stay on disk until used: the decode process reads the
+            # pixels itself, so this process holds headers only unless it writes a tagged copy.
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
             self._describe(entry, ds)
         except Exception as exc:
             ds = None
@@ -273,6 +278,17 @@ class Pipeline:
             return path
         entry.view_position_after = decision.after
         return tagged
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise this thread's niceness (Linux: a thread id is a valid PRIO_PROCESS target)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:  # not permitted in some sandboxes: run at normal priority
+        log.warning("could not lower the classify worker's priority: %s", exc)
 
 
 def _view_position(ds: Dataset) -> str | None:

@@ -124,12 +124,14 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
         representative = representative_images(data.pixels[train_idx],
                                                 recipe.representative_samples, recipe.seed + k)
         files = export_all(parts.full, fold_dir, representative, variants=variants, log=log)
+        eval_started = time.monotonic()
         for variant, path in files.items():
             run = run_tflite(path, data.pixels[test_idx], steady_invokes=steady_invokes)
             oof[variant][test_idx] = run.probabilities
             result.size_kb[variant] = run.size_kb
             result.warmup_ms[variant] = run.warmup_ms
             result.steady_ms[variant] = run.steady_ms
+        log(f"  evaluated {len(files)} LiteRT variants ({time.monotonic() - eval_started:.0f}s)")
         for name in names:
             predicted = oof[name][test_idx].argmax(axis=1)
             result.accuracy[name] = float((predicted == y[test_idx]).mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def export_all(model, out_dir: Path, representative: np.ndarray, prefix: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for variant in variants:
+        started = time.monotonic()
         path = out_dir / f"{prefix}_{variant}.tflite"
         path.write_bytes(convert(model, variant, representative))
-        log(f"  exported {variant}: {path.stat().st_size / 1024:.0f} KB")
+        log(f"  exported {variant}: {path.stat().st_size / 1024:.0f} KB"
+            f" ({time.monotonic() - started:.0f}s)")
         files[variant] = path
     return files
