@@ -21,6 +21,7 @@ QUICK_RUNS = {
     "preprocess.json": ["bench.preprocess", "--repeat", "1"],
     "classifier.json": ["bench.classifier", "--quick"],
     "node_throughput.json": ["bench.node_throughput", "--quick"],
+    "int8_export.json": ["bench.int8_export", "--invokes", "3"],
     "log_queries.json": [
         "bench.log_queries", "--rows", "2000", "--repeat", "1", "--backends", "sqlite",
     ],
