@@ -121,7 +121,8 @@ def node_log_stages(database: Path, uids: set[str]) -> dict[str, Any]:
 
 
 def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], int]],
-               profile: Path | None, max_pdu: int, workers: int) -> dict[str, Any]:
+               profile: Path | None, max_pdu: int, workers: int,
+               nice: int | None = None) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     sink, record = start_sink(workdir)
     target: Server | None = None
@@ -131,7 +132,8 @@ def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], i
             target = start_relay(workdir, sink.port, kind == "relay-chunked", max_pdu)
             called_ae, spool = "BENCHRELAY", workdir / "relay-spool"
         else:
-            config = node_config(workdir, sink.port, max_pdu, workers=workers)
+            classify = {"workers": workers} if nice is None else {"workers": workers, "nice": nice}
+            config = node_config(workdir, sink.port, max_pdu, **classify)
             target = start_node(workdir, config)
             called_ae, spool = "DICOMNODE", workdir / "node-spool"
         if profile is not None:
@@ -237,6 +239,8 @@ def main() -> None:
                         help="receive max PDU for relay and node (default: the node's 64 KiB; "
                         "0: unlimited)")
     parser.add_argument("--workers", type=int, default=1, help="the node's classify.workers")
+    parser.add_argument("--nice", type=int, default=None,
+                        help="the node's classify.nice (default: the node's default)")
     parser.add_argument("--only", default="", help="run only input sets whose name contains this")
     parser.add_argument("--output", default="node_throughput.json")
     args = parser.parse_args()
@@ -256,7 +260,7 @@ def main() -> None:
             print(f"-- {kind} (load {load_average()})", flush=True)
             results[kind] = run_target(kind, workdir / kind, sets,
                                        profile_raw if kind == "node" else None,
-                                       args.max_pdu, args.workers)  # fmt: skip
+                                       args.max_pdu, args.workers, args.nice)  # fmt: skip
         report(results, sets, args, profile_raw)
     except BaseException:
         for log in sorted(workdir.rglob("*.out")):  # what the servers said, for the post-mortem
@@ -310,6 +314,7 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
         print(f"{kind} peak RSS (VmHWM, whole run, MB): {parts}{verdict}")
     payload: dict[str, Any] = {"quick": args.quick, "scale": args.scale, "goals": GOALS,
                                "max_pdu": args.max_pdu, "node_workers": args.workers,
+                               "node_nice": args.nice,
                                "results": results, "comparison": comparison}  # fmt: skip
     if profile_raw is not None and profile_raw.is_file():
         summary = summarise_profile(profile_raw)
