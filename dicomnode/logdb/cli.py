@@ -346,9 +346,17 @@ def web_command(
         str | None, typer.Option(envvar="DICOMNODE_WEB_TOKEN", help="bearer token required")
     ] = None,
 ) -> None:
-    """Serve the read-only auditor view until interrupted."""
+    """Serve the read-only auditor view until interrupted (SIGINT or SIGTERM)."""
+    import signal
+    import threading
+
     from dicomnode.logdb.web import WebConfigError, start_web
 
+    # A flag set by the handler, not KeyboardInterrupt: an interrupt raised inside
+    # Thread.join() can leave the server thread half-joined and the shutdown hanging.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     store = open_store(db, config)
     try:
         server = start_web(store, host=host, port=port, token=token)
@@ -357,9 +365,8 @@ def web_command(
         raise fail(str(exc)) from None
     typer.echo(f"auditor view on {server.url}", err=True)
     try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
+        while server.thread.is_alive() and not stop.wait(0.5):
+            pass
     finally:
         server.stop()
         store.close()

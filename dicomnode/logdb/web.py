@@ -493,10 +493,6 @@ class WebServer:
         host = self.httpd.server_address[0]
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
-    def wait(self) -> None:
-        while self.thread.is_alive():
-            self.thread.join(0.5)
-
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
