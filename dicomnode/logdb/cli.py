@@ -352,8 +352,8 @@ def web_command(
 
     from dicomnode.logdb.web import WebConfigError, start_web
 
-    # A flag set by the handler, not KeyboardInterrupt: an interrupt raised inside
-    # Thread.join() can leave the server thread half-joined and the shutdown hanging.
+    # Own handlers, not KeyboardInterrupt: a process started with SIGINT ignored (a background
+    # job of a non-interactive shell, nohup) never gets one, and SIGTERM must stop it too.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
