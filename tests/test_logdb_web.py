@@ -172,7 +172,14 @@ def test_node_config_starts_the_view_only_when_enabled(populated_store):
         server.stop()
 
 
-def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path):
+@pytest.mark.parametrize(
+    ("stop_signal", "sigint_ignored"),
+    [("SIGINT", False), ("SIGTERM", False), ("SIGINT", True)],
+    ids=["sigint", "sigterm", "sigint-inherited-as-ignored"],
+)
+def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path, stop_signal, sigint_ignored):
+    """Stops cleanly on SIGINT and SIGTERM, also when started from a background shell job, which
+    inherits SIGINT ignored (Python then raises no KeyboardInterrupt)."""
     import re
     import signal
     import subprocess
@@ -181,9 +188,13 @@ def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path):
     db = tmp_path / "log.db"
     with LogStore.open(str(db)) as store:
         populate(store)
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     process = subprocess.Popen(
         [sys.executable, "-m", "dicomnode", "log", "web", "--db", str(db), "--port", "0"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint if sigint_ignored else None,
     )  # fmt: skip
     try:
         line = process.stderr.readline()
@@ -192,9 +203,14 @@ def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path):
         status, body, _ = fetch(match.group(0) + f"study/{STUDY_A}")
         assert status == 200 and body.count("class='instance'") == 3
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-        process.stderr.close()
+        process.send_signal(getattr(signal, stop_signal))
+        try:
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:  # never leave a server behind, even when the test fails
+                process.kill()
+                process.wait()
+            process.stderr.close()
 
 
 def test_config_refuses_a_public_web_address_without_token():
