@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO_ROOT, machine, print_table, write_json
+from bench.common import REPO_ROOT, print_table, write_json
 
 MODELS = REPO_ROOT / "models"
 
@@ -112,7 +112,7 @@ def main() -> None:
     flags = _cpu_flags()
     print(f"CPU flags: {' '.join(flags)}")
     path = write_json(args.output, {"invokes": args.invokes, "cpu_flags": flags,
-                                    "machine_detail": machine(), "results": results})
+                                    "results": results})
     print(f"wrote {path}")
 
 

@@ -218,8 +218,6 @@ class MetricsServer:
             self._thread = None
 
 
-
-
 def _seconds_since(received_at: Any) -> float | None:
     try:
         start = datetime.fromisoformat(str(received_at))

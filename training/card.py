@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.report import PAPER_TABLE
+from training.report import PAPER_TABLE, recipe_cells
 
 
 def _pct(value) -> str:
@@ -38,12 +38,7 @@ def _variant_rows(manifest: dict, reports: dict[str, dict]) -> list[str]:
                           "steady ms (CV run)" for n in names) + " | shipped file KB |",
              "|---|---|---|" + "---|---|---|" * len(names) + "---|"]
     for variant, paper in PAPER_TABLE.items():
-        cells = []
-        for rep in reports.values():
-            row = rep["variants"].get(variant)
-            cells.append("– | – | –" if row is None else
-                         f"{row['accuracy_mean'] * 100:.2f} ± {row['accuracy_sd'] * 100:.2f}% | "
-                         f"{row['size_kb']:,.0f} | {row['steady_ms']:.2f}")
+        cells = [recipe_cells(rep, variant) for rep in reports.values()]
         entry = manifest["variants"].get(variant)
         shipped_kb = "– (not shipped)" if entry is None else f"{entry['size_bytes'] / 1024:,.0f}"
         size = "not stated" if paper["size_kb"] is None else f"{paper['size_kb']:,}"

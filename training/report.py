@@ -202,6 +202,15 @@ def write_report(cv: CVResult, report_dir: Path, name: str | None = None) -> dic
     return summary
 
 
+def recipe_cells(report: dict, variant: str) -> str:
+    """One variant of one CV report as three table cells: accuracy mean ± sd | KB | steady ms."""
+    row = report["variants"].get(variant)
+    if row is None:
+        return "– | – | –"
+    return (f"{row['accuracy_mean'] * 100:.2f} ± {row['accuracy_sd'] * 100:.2f}% | "
+            f"{row['size_kb']:,.0f} | {row['steady_ms']:.2f}")
+
+
 def write_comparison(report_dir: Path) -> None:
     """Side-by-side table of every recipe report present, next to the paper's numbers."""
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(report_dir.glob("*.json"))}
@@ -212,12 +221,7 @@ def write_comparison(report_dir: Path) -> None:
              f"| variant | publication accuracy | publication KB | {heads} |",
              "|---|---|---|" + "---|---|---|" * len(reports)]
     for variant, paper in PAPER_TABLE.items():
-        cells = []
-        for rep in reports.values():
-            row = rep["variants"].get(variant)
-            cells.append("– | – | –" if row is None else
-                         f"{row['accuracy_mean'] * 100:.2f} ± {row['accuracy_sd'] * 100:.2f}% | "
-                         f"{row['size_kb']:,.0f} | {row['steady_ms']:.2f}")
+        cells = [recipe_cells(rep, variant) for rep in reports.values()]
         size = "–" if paper["size_kb"] is None else f"{paper['size_kb']:,}"
         lines.append(f"| {variant} | {paper['accuracy']}% | {size} | " + " | ".join(cells) + " |")
     parts = sorted({p for rep in reports.values() for p in rep["per_body_part"]})

@@ -71,8 +71,6 @@ class BadRequest(ValueError):
     pass
 
 
-
-
 def parse_time(value: str, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
