@@ -50,6 +50,9 @@ SHIPPED = Recipe(
     scaling="symmetric",  # what the ImageNet weights expect; survives Int8 better than x/255
     # Cache up to here; fine-tune blocks 13-16 + Conv_1 + head. Against block_15_add (block 16
     # only, 3 epochs) this gained 0.7-1.2 points per fold out of fold (Keras, folds 1-3).
+    # Not better on folds 2-3 (522 images, 9 Keras errors here; 2026-11-26): fine_tune_epochs=8
+    # 12 errors; split_layer=block_9_add 8 errors at 1.6x the training time (CV past 45 min);
+    # rotation/zoom views or (body part, label) weighting 10 errors.
     split_layer="block_12_add",
     train_views=("orig", "flip", "invert", "invert_flip"),
     epochs=15,
