@@ -52,10 +52,13 @@ def _convert(model, int8: bool) -> bytes:
     return converter.convert()
 
 
-def _time(blob: bytes, threads: int, invokes: int) -> dict[str, float]:
-    from ai_edge_litert.interpreter import Interpreter
+def _time(blob: bytes, threads: int, invokes: int, xnnpack: bool = True) -> dict[str, float]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=blob, num_threads=threads)
+    # Without XNNPACK, LiteRT runs its builtin (ruy/optimized) kernels: the other int8 path.
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_content=blob, num_threads=threads,
+                              experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]
     x = np.random.default_rng(1).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
@@ -98,11 +101,14 @@ def main() -> None:
         "random int8, scaling in model": _convert(_random_model(True), int8=True),
     }
     manifest = json.loads((MODELS / "manifest.json").read_text())
+    runs = [(name, blob, True) for name, blob in blobs.items()]
     for name in ("fp32", "int8"):
-        blobs[f"shipped {name}"] = (MODELS / manifest["variants"][name]["file"]).read_bytes()
+        blob = (MODELS / manifest["variants"][name]["file"]).read_bytes()
+        runs += [(f"shipped {name}", blob, True), (f"shipped {name}, builtin kernels", blob, False)]
     rows, results = [], {}
-    for name, blob in blobs.items():
-        one, two = _time(blob, 1, args.invokes), _time(blob, 2, args.invokes)
+    for name, blob, xnnpack in runs:
+        one = _time(blob, 1, args.invokes, xnnpack)
+        two = _time(blob, 2, args.invokes, xnnpack)
         results[name] = {"size_kb": len(blob) / 1024, "threads_1": one, "threads_2": two}
         rows.append([name, f"{len(blob) / 1024:,.0f}", f"{one['median_ms']:.2f}",
                      f"{one['cpu_ms']:.2f}", f"{two['median_ms']:.2f}", f"{two['cpu_ms']:.2f}",
