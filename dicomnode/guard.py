@@ -277,11 +277,14 @@ def _guarded_decompress_file(path: str | Path, limits: Limits) -> bytes:
     return buffer.getvalue()
 
 
-def _worker_main(conn: Connection, limits: Limits, nice: int = 0) -> None:
+def _worker_main(conn: Connection, limits: Limits, niceness: int | None = None) -> None:
     import dicomnode.preprocess  # noqa: F401  (import before "ready": not part of any timeout)
 
-    if nice:
-        os.nice(nice)  # decoding yields the CPU to receiving (see ClassifyConfig.nice)
+    if niceness is not None:
+        # Decoding yields the CPU to receiving (see ClassifyConfig.nice). Absolute, not os.nice():
+        # a restart spawned by the classify thread already inherits that thread's niceness.
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(niceness, own))
 
     if limits.worker_memory_bytes:
         import resource
@@ -325,7 +328,8 @@ class IsolatedDecoder:
 
     def __init__(self, limits: Limits | None = None, nice: int = 0) -> None:
         self.limits = limits or Limits()
-        self.nice = nice
+        # The node's own niceness + nice, whichever thread later (re)spawns the worker.
+        self.niceness = os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice if nice else None
         self._context = multiprocessing.get_context("spawn")  # safe beside pynetdicom threads
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -337,7 +341,7 @@ class IsolatedDecoder:
             self._stop_worker()
             parent, child = self._context.Pipe()
             process = self._context.Process(
-                target=_worker_main, args=(child, self.limits, self.nice), daemon=True,
+                target=_worker_main, args=(child, self.limits, self.niceness), daemon=True,
                 name="dicomnode-decode",
             )  # fmt: skip
             process.start()

@@ -41,3 +41,25 @@ def test_decode_process_runs_at_the_configured_niceness():
 
 def test_default_config_keeps_receiving_ahead_of_classifying():
     assert ClassifyConfig().nice > 0
+
+
+def test_decode_process_restarted_from_a_classify_thread_is_not_niced_twice():
+    # After a crash or timeout the classify thread (already nicer) spawns the new decode process;
+    # the child inherits that thread's niceness and must still end at the configured level.
+    own = _priority_of(os.getpid())
+    decoder = IsolatedDecoder(Limits(timeout_s=60), nice=5)
+    seen: dict[str, int] = {}
+
+    def classify_thread() -> None:
+        lower_thread_priority(5)
+        decoder.start()
+        assert decoder._process is not None
+        seen["child"] = _priority_of(decoder._process.pid)
+
+    try:
+        thread = threading.Thread(target=classify_thread)
+        thread.start()
+        thread.join()
+    finally:
+        decoder.close()
+    assert seen["child"] == min(own + 5, 19)
