@@ -166,7 +166,8 @@ def write_card(out_dir: Path, manifest: dict, images: Path | None,
         "- Limbs/joints, spine, abdomen and head/neck come from one source (VQA-Med/MedPix, 277 "
         "images, a watermark on both views) and are few (spine 18, head/neck 3): their per-part "
         "accuracy has wide uncertainty, and they are where the errors are (see "
-        "`report/shipped-misclassified.csv`).",
+        "`report/shipped-misclassified.csv`; reviewed by eye in `report/error-review.md`: one "
+        "wrong label, three wrong body parts, three oblique films, eleven real model errors).",
         "- Lateral skull cephalograms have no frontal counterpart: the model may have learned "
         "'skull means lateral'. Frontal skull films (4 in the data) are not reliably recognised.",
         "- Chest dominates the data (964 of 1304 images). Casts, implants, children, two views on "
