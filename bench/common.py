@@ -14,17 +14,24 @@ SHARED = Path(os.environ.get("DICOMNODE_SHARED", REPO_ROOT.parent / "shared")).r
 RESULTS_DIR = Path(os.environ.get("DICOMNODE_BENCH_RESULTS", REPO_ROOT / "bench" / "results"))
 
 
+# CPU flags that decide inference speed. Int8 needs a dot-product extension: VNNI on x86-64,
+# asimddp (sdot) on Arm such as the Jetson's Cortex-A78AE.
+SIMD_FLAG_PREFIXES = ("avx", "vnni", "fma", "f16c", "amx", "asimd", "i8mm", "sve")
+
+
 def machine() -> dict[str, object]:
-    cpu = "unknown"
+    cpu, flags = "unknown", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = sorted(f for f in line.split(":", 1)[1].split()
+                               if f.startswith(SIMD_FLAG_PREFIXES))
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": platform.platform()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd_flags": flags,
+            "python": platform.python_version(), "system": platform.platform()}
 
 
 def percentile(values: list[float], q: float) -> float:

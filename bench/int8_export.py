@@ -12,11 +12,10 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO_ROOT, print_table, write_json
+from bench.common import REPO_ROOT, machine, print_table, write_json
 
 MODELS = REPO_ROOT / "models"
 
@@ -78,17 +77,6 @@ def _time(blob: bytes, threads: int, invokes: int, xnnpack: bool = True) -> dict
             "delegate_partitions": delegated}
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx", "vnni", "fma", "f16c", "amx")
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
-    except OSError:
-        pass
-    return []
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invokes", type=int, default=200)
@@ -115,10 +103,8 @@ def main() -> None:
                      one["delegate_partitions"], f"{os.getloadavg()[0]:.2f}"])
     print_table(["model", "KB", "median ms 1 thr", "CPU ms 1 thr", "median ms 2 thr",
                  "CPU ms 2 thr", "XNNPACK partitions", "load"], rows)
-    flags = _cpu_flags()
-    print(f"CPU flags: {' '.join(flags)}")
-    path = write_json(args.output, {"invokes": args.invokes, "cpu_flags": flags,
-                                    "results": results})
+    print(f"CPU flags: {' '.join(machine()['simd_flags'])}")
+    path = write_json(args.output, {"invokes": args.invokes, "results": results})
     print(f"wrote {path}")
 
 

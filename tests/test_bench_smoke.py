@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_bench_script_runs_and_writes_json(
     assert written.is_file(), f"{QUICK_RUNS[result_name][0]} wrote no {result_name}"
     payload = json.loads(written.read_text())
     assert payload["machine"]["cores"] >= 1
+    # The SIMD flags (which explain the Int8 speed) are recorded beside the numbers.
+    if platform.machine() in ("x86_64", "aarch64"):
+        assert payload["machine"]["simd_flags"], "no SIMD flags read from /proc/cpuinfo"
     if result_name == "classifier.json":
         assert set(payload["variants"]) >= {"int8"}
         int8 = payload["variants"]["int8"]["threads_1"]
