@@ -234,17 +234,18 @@ class DicomSender:
             return Delivery("failed", None,
                             f"permanent: peer accepts {sop_class} in no syntax we offer")
         try:
-            if UID(ts).is_compressed:
-                # -> Explicit VR LE, native pixels; same instance, so keep its SOP Instance UID.
-                # Decoded in a separate process: GDCM aborts the process on some headers (security)
-                ds = decompress_isolated(path)
-            else:
-                ds = pydicom.dcmread(path)
-                if UID(ts) != ExplicitVRLittleEndian or not explicit_ok:
-                    target = ExplicitVRLittleEndian if explicit_ok else ImplicitVRLittleEndian
-                    ds.file_meta.TransferSyntaxUID = target
+            # Compressed -> native pixels; same instance, so keep its SOP Instance UID. Decoded in
+            # a separate process: GDCM aborts the process on some headers (security).
+            ds = decompress_isolated(path) if UID(ts).is_compressed else pydicom.dcmread(path)
         except Exception as exc:
             return Delivery("failed", None, f"peer refused {ts}; cannot decompress: {exc}")
+        target = ExplicitVRLittleEndian if explicit_ok else ImplicitVRLittleEndian
+        ds.file_meta.TransferSyntaxUID = target
+        # Re-encode, not relabel: pynetdicom writes the dataset in its original encoding, so
+        # that must become the target's (an Explicit VR file sent as Implicit VR otherwise fails
+        # to encode, and did, for every such image).
+        ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian,
+                                 ds.original_character_set)
         return ds
 
     def release(self) -> None:

@@ -112,6 +112,29 @@ def test_refused_transfer_syntax_falls_back_to_explicit_little_endian(start_node
         sink.stop()
 
 
+def test_peer_accepting_only_implicit_vr_gets_explicit_and_compressed_images(start_node,
+                                                                            shared):
+    """Implicit VR LE is the one syntax every SCP must accept: an uncompressed Explicit VR file
+    and a JPEG-LS file both reach a peer that accepts nothing else, re-encoded, pixels equal."""
+    sink = RecordingSCP(transfer_syntaxes=[ImplicitVRLittleEndian]).start()
+    try:
+        node = start_node([sink.destination()], **NO_CLASSIFY)
+        assert pydicom.dcmread(CT_SMALL).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert storescu(node.port, CT_SMALL, options=("-R", "-xe")).returncode == 0
+        assert storescu(node.port, MR_JLS, options=("-R", "-xt")).returncode == 0
+        got = sink.wait_for(2)
+        assert {g.transfer_syntax_uid for g in got} == {ImplicitVRLittleEndian}
+        for source in (CT_SMALL, MR_JLS):
+            original = pydicom.dcmread(source)
+            sent = sink.by_uid(original.SOPInstanceUID).dataset()
+            assert (sent.pixel_array == original.pixel_array).all()
+            assert sent.SOPInstanceUID == original.SOPInstanceUID
+            assert sent.PatientName == original.PatientName
+        assert {a.outcome for a in forward_rows(node)} == {"sent"}
+    finally:
+        sink.stop()
+
+
 def test_unreachable_destination_keeps_image_queued_and_others_flow(
     start_node, recording_scp, tmp_path: Path, shared
 ):
