@@ -1,6 +1,7 @@
-"""Classify stage: run the shipped TFLite view classifier (AP vs LA) through LiteRT.
+"""Classify stage: run the shipped TFLite view model (AP, PA, lateral, other) through LiteRT.
 
-The model file is verified against models/manifest.json (sha256) before it is loaded, and the
+The model file is verified against models/manifest.json (sha256) before it is loaded, the
+manifest must carry the model's calibration and write thresholds (dicomnode.view_policy), and the
 interpreter is warmed at start-up so the first image costs what the hundredth does.
 """
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomnode import view_policy
 from dicomnode.preprocess import MODEL_SIZE
+from dicomnode.view_policy import PolicyError, ViewCall
 
 try:  # the maintained runtime; tflite_runtime only as a fallback for old images
     from ai_edge_litert.interpreter import Interpreter
@@ -31,10 +34,42 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
-    probabilities: dict[str, float]
+    label: str  # most probable of view_policy.CLASSES: AP, PA, LAT, OTHER
+    probabilities: dict[str, float]  # calibrated, over the four classes
     confidence: float
     inference_ms: float
+    call: ViewCall | None = None  # the view call (what may be written, or why not)
+    thresholds: dict[str, float] | None = None  # the thresholds that applied
+    threshold_source: str = "manifest"  # manifest | config (tag.thresholds overrides)
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """Calibration and write thresholds of one model, from its manifest."""
+
+    calibration: dict[str, float]
+    thresholds: dict[str, float]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, where: str) -> ModelPolicy:
+        if manifest.get("heads") != "views":
+            raise ModelError(
+                f"{where} describes a model with heads {manifest.get('heads', 'binary')!r}; this "
+                "node needs the view model (heads 'views': AP, PA, lateral, other) with its "
+                "calibration and thresholds, as `python -m training ship` writes it")
+        try:
+            view_policy.check_policy(manifest.get("calibration"), manifest.get("thresholds"),
+                                     where)
+        except PolicyError as exc:
+            raise ModelError(str(exc)) from exc
+        return cls(dict(manifest["calibration"]), dict(manifest["thresholds"]))
+
+    def effective(self, overrides: dict[str, float] | None) -> tuple[dict[str, float], str]:
+        """(thresholds, source): the manifest's, with any configured overrides on top."""
+        chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if not chosen:
+            return dict(self.thresholds), "manifest"
+        return {**self.thresholds, **chosen}, "config"
 
 
 def sha256_file(path: Path) -> str:
@@ -55,15 +90,17 @@ def load_manifest(models_dir: Path) -> dict:
         raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from exc
 
 
-def resolve_model(models_dir: Path, variant: str | None) -> tuple[Path, str, list[str]]:
-    """Return (model path, expected sha256, labels) for a variant named in the manifest."""
+def resolve_model(models_dir: Path, variant: str | None
+                  ) -> tuple[Path, str, list[str], ModelPolicy]:
+    """Return (model path, expected sha256, labels, policy) for a variant in the manifest."""
     manifest = load_manifest(models_dir)
     variant = variant or manifest["default_variant"]
     variants = manifest.get("variants", {})
     if variant not in variants:
         raise ModelError(f"variant {variant!r} not in manifest; known: {sorted(variants)}")
     entry = variants[variant]
-    return models_dir / entry["file"], entry["sha256"], list(manifest["labels"])
+    policy = ModelPolicy.from_manifest(manifest, str(models_dir / "manifest.json"))
+    return models_dir / entry["file"], entry["sha256"], list(manifest["labels"]), policy
 
 
 class ViewClassifier:
@@ -75,7 +112,12 @@ class ViewClassifier:
         labels: list[str],
         expected_sha256: str | None = None,
         num_threads: int = 1,
+        policy: ModelPolicy | None = None,
     ) -> None:
+        if policy is None:
+            raise ModelError(f"{model_path}: no calibration and thresholds given; load the model "
+                             "with ViewClassifier.from_manifest")
+        self.policy = policy
         model_path = Path(model_path)
         if not model_path.is_file():
             raise ModelError(f"model file not found: {model_path}")
@@ -92,10 +134,14 @@ class ViewClassifier:
         input_detail = self._interpreter.get_input_details()[0]
         self._input_index = input_detail["index"]
         self._input_dtype = input_detail["dtype"]
-        self._output_index = self._interpreter.get_output_details()[0]["index"]
+        output_detail = self._interpreter.get_output_details()[0]
+        self._output_index = output_detail["index"]
         expected_shape = (1, MODEL_SIZE, MODEL_SIZE, 3)
         if tuple(input_detail["shape"]) != expected_shape:
             raise ModelError(f"model input {input_detail['shape']} is not {expected_shape}")
+        if tuple(output_detail["shape"]) != (1, view_policy.OUTPUT_WIDTH):
+            raise ModelError(f"model output {output_detail['shape']} is not (1, "
+                             f"{view_policy.OUTPUT_WIDTH}): not the view model this node reads")
         for _ in range(WARMUP_INVOKES):
             self.predict(np.zeros((MODEL_SIZE, MODEL_SIZE), dtype=np.uint8))
 
@@ -103,11 +149,13 @@ class ViewClassifier:
     def from_manifest(
         cls, models_dir: Path = DEFAULT_MODELS_DIR, variant: str | None = None, num_threads: int = 1
     ) -> ViewClassifier:
-        path, sha256, labels = resolve_model(Path(models_dir), variant)
-        return cls(path, labels, expected_sha256=sha256, num_threads=num_threads)
+        path, sha256, labels, policy = resolve_model(Path(models_dir), variant)
+        return cls(path, labels, expected_sha256=sha256, num_threads=num_threads, policy=policy)
 
-    def predict(self, grey224: np.ndarray) -> Prediction:
-        """uint8 (224, 224) from dicomnode.preprocess -> Prediction."""
+    def predict(self, grey224: np.ndarray,
+                threshold_overrides: dict[str, float] | None = None) -> Prediction:
+        """uint8 (224, 224) from dicomnode.preprocess -> Prediction (with the view call under
+        the manifest's thresholds, or the configured overrides)."""
         grey = grey224[np.newaxis, :, :, np.newaxis]
         batch = np.repeat(grey, 3, axis=3).astype(self._input_dtype)
         started = time.perf_counter()
@@ -115,11 +163,14 @@ class ViewClassifier:
         self._interpreter.invoke()
         scores = self._interpreter.get_tensor(self._output_index)[0].astype(np.float64)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        probabilities = {label: float(p) for label, p in zip(self.labels, scores, strict=True)}
-        best = int(np.argmax(scores))
+        thresholds, source = self.policy.effective(threshold_overrides)
+        call = view_policy.decide(scores, self.policy.calibration, thresholds)
         return Prediction(
-            label=self.labels[best],
-            probabilities=probabilities,
-            confidence=float(scores[best]),
+            label=call.label,
+            probabilities=call.probabilities,
+            confidence=call.confidence,
             inference_ms=elapsed_ms,
+            call=call,
+            thresholds=thresholds,
+            threshold_source=source,
         )

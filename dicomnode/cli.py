@@ -142,8 +142,10 @@ def classify(
     models_dir: Annotated[Path | None, typer.Option(help="folder with manifest.json")] = None,
     variant: Annotated[str | None, typer.Option(help="model variant in the manifest")] = None,
 ) -> None:
-    """Classify files; one JSON line per file (path, label, probabilities, confidence,
-    model_sha256, ms). Same preprocessing and model code as the node."""
+    """Classify files; one JSON line per file: label, view (the model's best view term),
+    probabilities of every class, confidence, would_write (the ViewPosition the node writes into
+    an empty one with the shipped defaults, null = abstain) and reason, node (what `serve` with
+    this config does with the file as it is), model_sha256, ms. Same code path as the node."""
     from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier
     from dicomnode.preprocess import PreprocessError, preprocess_file
 
@@ -159,22 +161,59 @@ def classify(
     failed = 0
     for path in paths:
         try:
-            prediction = classifier.predict(preprocess_file(path))
+            grey = preprocess_file(path)
+            prediction = classifier.predict(grey)
+            overrides = node_config.tag.thresholds.model_dump(exclude_none=True)
+            configured = classifier.predict(grey, overrides) if overrides else prediction
         except (PreprocessError, OSError) as exc:
             failed += 1
             typer.echo(json.dumps({"path": str(path), "error": str(exc)}))
             continue
-        line = {
-            "path": str(path),
-            "label": prediction.label,
-            "probabilities": prediction.probabilities,
-            "confidence": prediction.confidence,
-            "model_sha256": classifier.sha256,
-            "ms": round(prediction.inference_ms, 3),
-        }
-        typer.echo(json.dumps(line))
+        typer.echo(json.dumps(classify_line(path, prediction, configured, node_config,
+                                            classifier.sha256)))
     if failed:
         raise typer.Exit(1)
+
+
+def classify_line(path: Path, prediction, configured, node_config, sha256: str) -> dict:
+    """One `classify` output line: the shipped-default view call and what serve would do."""
+    from dicomnode import tag
+    from dicomnode.config import TagConfig
+
+    before, body_part = _header_view(path)
+    shipped = tag.decide(None, prediction, TagConfig())
+    node = tag.decide(before, configured, node_config.tag, body_part)
+    call = prediction.call
+    view = {"LAT": TagConfig().la_term, "OTHER": None}.get(prediction.label, prediction.label)
+    return {
+        "path": str(path),
+        "label": prediction.label,
+        "view": view,
+        "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+        "heads": call.heads() if call else None,
+        "confidence": round(prediction.confidence, 6),
+        "would_write": shipped.after if shipped.writes else None,
+        "reason": shipped.reason,
+        "thresholds": prediction.thresholds,
+        "node": {"action": node.action, "before": before, "after": node.after,
+                 "reason": node.reason},
+        "model_sha256": sha256,
+        "ms": round(prediction.inference_ms, 3),
+    }
+
+
+def _header_view(path: Path) -> tuple[str | None, str | None]:
+    """(current view, BodyPartExamined) of a DICOM file; (None, None) for PNG/JPEG."""
+    import pydicom
+
+    from dicomnode import tag
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # not DICOM (PNG, JPEG): no view recorded
+        return None, None
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip() or None
+    return tag.current_view(ds), body_part
 
 
 @app.command()

@@ -53,7 +53,9 @@ def test(
     classify: Annotated[
         bool, typer.Option("--classify", help="run the node's classifier and tag policy")
     ] = False,
-    label: Annotated[str | None, typer.Option(help="assume this predicted label (AP/LA)")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="assume this predicted label (AP, PA, LAT, OTHER)")
+    ] = None,
     confidence: Annotated[float | None, typer.Option(help="assume this confidence")] = None,
     action: Annotated[str | None, typer.Option(help="assume this tag action")] = None,
 ) -> None:
@@ -125,10 +127,12 @@ def _classify(entry, ds, classifier, node_config: NodeConfig) -> None:  # type: 
     if (entry.modality or "").upper() not in {m.upper() for m in node_config.classify.modalities}:
         return
     try:
-        prediction = classifier.predict(preprocess_dataset(ds))
+        prediction = classifier.predict(preprocess_dataset(ds),
+                                        node_config.tag.thresholds.model_dump(exclude_none=True))
     except PreprocessError as exc:
         entry.action, entry.error = "unreadable", str(exc)
         return
     entry.label, entry.confidence = prediction.label, prediction.confidence
-    before = tag.current_view_position(ds)
-    entry.action = tag.decide(before, prediction, node_config.tag).action
+    before = tag.current_view(ds)
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip() or None
+    entry.action = tag.decide(before, prediction, node_config.tag, body_part).action

@@ -32,7 +32,7 @@ from dicomnode.hardening import (
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "dicomnode.yaml"
 
-# ViewPosition (0018,5101) defined terms; the model's "LA" must be mapped to one of these.
+# ViewPosition (0018,5101) defined terms; the lateral class is written as tag.la_term.
 VIEW_POSITION_TERMS = (
     "AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LAT", "LATERAL",
 )  # fmt: skip
@@ -93,15 +93,51 @@ class ClassifyConfig(_Strict):
     nice: int = Field(10, ge=0, le=19)
 
 
+class ThresholdOverrides(_Strict):
+    """Write thresholds over the model's calibrated probabilities; unset: the manifest's values
+    (chosen out of fold for the model's wrong-write goal). The log records which applied."""
+
+    frontal: float | None = Field(None, ge=0.5, le=1.0)
+    lateral: float | None = Field(None, ge=0.5, le=1.0)
+    ap_pa: float | None = Field(None, ge=0.5, le=1.0)
+    chest: float | None = Field(None, ge=0.5, le=1.0)
+
+
+# Keys of earlier versions, with what replaces them (a clear error beats "unknown key").
+REMOVED_TAG_KEYS = {
+    "ap_term": "the model now tells AP from PA itself; to fill frontal films whose AP vs PA it "
+               "cannot tell, set tag.body_part_defaults (e.g. {HAND: PA, KNEE: AP})",
+    "confidence_threshold": "thresholds now come from the model's manifest (calibrated out of "
+                            "fold); override them with tag.thresholds: {frontal, lateral, ap_pa, "
+                            "chest}",
+}
+
+
 class TagConfig(_Strict):
-    ap_term: Literal["AP", "PA"] = "AP"
     la_term: Literal["LL", "RL", "LATERAL", "LAT"] = "LL"
-    confidence_threshold: float = Field(0.90, ge=0.0, le=1.0)
+    thresholds: ThresholdOverrides = ThresholdOverrides()
+    # BodyPartExamined -> AP or PA, written for a certain frontal film whose AP vs PA the model
+    # cannot tell (most non-chest films). Empty: the node abstains there. Logged as a default.
+    body_part_defaults: dict[str, Literal["AP", "PA"]] = {}
     on_disagree: Literal["keep", "overwrite"] = "keep"
     # When the node writes ViewPosition, also write label, probabilities and model sha256 here.
     private_block: bool = True
     private_creator: str = Field("DICOMNODE VIEW 1", min_length=1, max_length=64)
     private_group: int = Field(0x0071, ge=0x0009, le=0xFFFF)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, replacement in REMOVED_TAG_KEYS.items():
+                if key in data:
+                    raise ValueError(f"tag.{key} is no longer a setting: {replacement}")
+        return data
+
+    @field_validator("body_part_defaults")
+    @classmethod
+    def _body_parts_upper(cls, value: dict[str, str]) -> dict[str, str]:
+        return {"".join(k.upper().split()): v for k, v in value.items()}
 
     @field_validator("private_group")
     @classmethod
@@ -260,12 +296,26 @@ Condition = Annotated[Match, BeforeValidator(as_match)]
 
 
 class ClassificationMatch(_Strict):
-    label: str | list[str] | None = None  # AP / LA (the model's labels)
+    label: str | list[str] | None = None  # the model's classes: AP, PA, LAT, OTHER
     confidence_above: float | None = Field(None, ge=0.0, le=1.0)
     confidence_below: float | None = Field(None, ge=0.0, le=1.0)
     # what the tag stage did: written, agrees, disagrees, overwritten, uncertain, skipped,
     # unreadable
     action: str | list[str] | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _known_labels(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # A label no model class has would never match: laterals would silently go nowhere.
+        from dicomnode.view_policy import CLASSES
+
+        for item in [value] if isinstance(value, str) else value or []:
+            if item not in CLASSES:
+                hint = " (lateral is LAT)" if str(item).upper() in (
+                    "LA", "LL", "RL", "LATERAL") else ""
+                raise ValueError(f"unknown label {item!r}{hint} (the model's classes: "
+                                 f"{', '.join(CLASSES)})")
+        return value
 
     @field_validator("action")
     @classmethod

@@ -252,15 +252,13 @@ class Pipeline:
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
             return path
-        prediction: Prediction = classifier.predict(grey)
-        entry.label = prediction.label
-        entry.probability_ap = prediction.probabilities.get("AP")
-        entry.probability_la = prediction.probabilities.get("LA")
-        entry.confidence = prediction.confidence
-        entry.model_sha256 = classifier.sha256
-        entry.inference_ms = prediction.inference_ms
-        decision = tag.decide(entry.view_position_before, prediction, self.config.tag)
+        prediction: Prediction = classifier.predict(
+            grey, self.config.tag.thresholds.model_dump(exclude_none=True))
+        record_prediction(entry, prediction, classifier.sha256)
+        decision = tag.decide(entry.view_position_before, prediction, self.config.tag,
+                              _text(ds, "BodyPartExamined"))
         entry.action = decision.action
+        entry.decision_reason = decision.reason
         if not decision.writes:
             return path
         tag.apply(
@@ -280,6 +278,19 @@ class Pipeline:
         return tagged
 
 
+def record_prediction(entry: InstanceLogEntry, prediction: Prediction, sha256: str) -> None:
+    """The model's output as the log keeps it: every class probability and the thresholds."""
+    entry.label = prediction.label
+    entry.probability_ap = prediction.probabilities.get("AP")
+    entry.probability_pa = prediction.probabilities.get("PA")
+    entry.probability_la = prediction.probabilities.get("LAT")
+    entry.probability_other = prediction.probabilities.get("OTHER")
+    entry.confidence = prediction.confidence
+    entry.model_sha256 = sha256
+    entry.inference_ms = prediction.inference_ms
+    entry.thresholds = {"source": prediction.threshold_source, **(prediction.thresholds or {})}
+
+
 def lower_thread_priority(nice: int) -> None:
     """Raise this thread's niceness (Linux: a thread id is a valid PRIO_PROCESS target)."""
     if nice <= 0 or not hasattr(os, "setpriority"):
@@ -293,6 +304,6 @@ def lower_thread_priority(nice: int) -> None:
 
 def _view_position(ds: Dataset) -> str | None:
     try:
-        return tag.current_view_position(ds)
+        return tag.current_view(ds)
     except Exception:
         return None

@@ -16,11 +16,19 @@ from dicomnode import SOFTWARE_NAME, __version__
 from dicomnode.classify import Prediction
 from dicomnode.config import TagConfig
 
-# ViewPosition (0018,5101) terms that mean the same view as the model's labels. Anything else that
-# is present (oblique, decubitus, …) contradicts both labels.
+# ViewPosition (0018,5101) terms by view family. Anything else that is present (oblique,
+# decubitus, …) is "other": it contradicts a frontal or lateral call.
 FRONTAL_TERMS = frozenset({"AP", "PA"})
 LATERAL_TERMS = frozenset({"LL", "RL", "LAT", "LATERAL"})
-TERMS_FOR_LABEL = {"AP": FRONTAL_TERMS, "LA": LATERAL_TERMS}
+# View Code Sequence (0054,0220) codes (CID 4010, SNOMED CT and the older SNOMED-RT values)
+# -> the ViewPosition term they mean; other codes (obliques, axial, …) map to their meaning.
+VIEW_CODES = {
+    "399348003": "AP", "R-10206": "AP",
+    "272479007": "PA", "R-10214": "PA",
+    "399198007": "RL", "R-10232": "RL",
+    "399173006": "LL", "R-10236": "LL",
+    "399067008": "LATERAL", "R-10220": "LATERAL",
+}
 
 MODIFYING_EQUIPMENT = ("109103", "DCM", "Modifying Equipment")
 MODIFYING_SYSTEM = f"{SOFTWARE_NAME} {__version__}"
@@ -29,6 +37,7 @@ MODIFYING_SYSTEM = f"{SOFTWARE_NAME} {__version__}"
 PRIVATE_LABEL, PRIVATE_PROB_AP, PRIVATE_PROB_LA, PRIVATE_MODEL_SHA256, PRIVATE_SOFTWARE = (
     0x01, 0x02, 0x03, 0x04, 0x05,
 )  # fmt: skip
+PRIVATE_PROB_PA, PRIVATE_PROB_OTHER = 0x06, 0x07
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class TagDecision:
     action: str  # written | agrees | disagrees | overwritten | uncertain
     before: str | None
     after: str | None
+    reason: str | None = None  # why nothing was written, or where a written value came from
 
     @property
     def writes(self) -> bool:
@@ -48,20 +58,87 @@ def current_view_position(ds: Dataset) -> str | None:
     return text or None
 
 
-def decide(before: str | None, prediction: Prediction, config: TagConfig) -> TagDecision:
-    """The policy. An agreeing ViewPosition is left alone and logged `agrees` at any confidence
-    (nothing changes either way); writing or contradicting needs confidence >= the threshold,
-    below it the node changes nothing and logs `uncertain`."""
-    term = config.ap_term if prediction.label == "AP" else config.la_term
-    if before is not None and before in TERMS_FOR_LABEL.get(prediction.label, frozenset()):
-        return TagDecision("agrees", before, before)
-    if prediction.confidence < config.confidence_threshold:
-        return TagDecision("uncertain", before, before)
-    if before is None:
-        return TagDecision("written", None, term)
-    if config.on_disagree == "overwrite":
-        return TagDecision("overwritten", before, term)
-    return TagDecision("disagrees", before, before)
+def coded_view(ds: Dataset) -> str | None:
+    """The view View Code Sequence (0054,0220) states, as a ViewPosition term where one means
+    the same (AP, PA, LL, RL, LATERAL), else its code meaning in capitals (e.g. OBLIQUE)."""
+    try:
+        items = ds.get("ViewCodeSequence") or []
+        item = items[0] if len(items) else None
+    except Exception:  # malformed sequence: no coded view
+        return None
+    if item is None:
+        return None
+    code = str(item.get("CodeValue", "") or "").strip()
+    if code in VIEW_CODES:
+        return VIEW_CODES[code]
+    meaning = " ".join(str(item.get("CodeMeaning", "") or "").upper().split())
+    by_meaning = {"ANTERO-POSTERIOR": "AP", "POSTERO-ANTERIOR": "PA", "LEFT LATERAL": "LL",
+                  "RIGHT LATERAL": "RL", "LATERAL": "LATERAL"}
+    return by_meaning.get(meaning, meaning[:16] or None)  # the log keeps 16 characters
+
+
+def current_view(ds: Dataset) -> str | None:
+    """The image's view before the node: ViewPosition, else what View Code Sequence says."""
+    return current_view_position(ds) or coded_view(ds)
+
+
+def family_of(term: str | None) -> str | None:
+    if term is None:
+        return None
+    if term in FRONTAL_TERMS:
+        return "frontal"
+    if term in LATERAL_TERMS:
+        return "lateral"
+    return "other"
+
+
+def _model_term(prediction: Prediction, config: TagConfig) -> str | None:
+    call = prediction.call
+    decided = call.decided if call is not None else None
+    return config.la_term if decided == "LAT" else decided
+
+
+def decide(before: str | None, prediction: Prediction, config: TagConfig,
+           body_part: str | None = None) -> TagDecision:
+    """The policy. The model's call (dicomnode.view_policy) is AP, PA, lateral, "frontal, AP vs
+    PA unknown" or nothing. The node writes only a view the model is certain of; for a certain
+    frontal whose AP vs PA is not, only the configured default for the BodyPartExamined. An
+    existing view (ViewPosition, or View Code Sequence) is compared at the level the model is
+    certain of: a frontal call agrees with AP and with PA."""
+    call = prediction.call
+    term = _model_term(prediction, config)
+    family = call.family_decided if call is not None else None
+    reason = call.reason if call is not None else "no view call"
+    if term is None and family == "frontal":
+        key = "".join((body_part or "").upper().split())
+        default = config.body_part_defaults.get(key) if key else None
+        if default is not None:
+            term = default
+            reason = (f"frontal; AP vs PA not certain, BodyPartExamined {key} default "
+                      f"{default} (tag.body_part_defaults)")
+    if before is not None:
+        before_family = family_of(before)
+        if term is not None and before in (LATERAL_TERMS if term in LATERAL_TERMS
+                                           else {term}):
+            return TagDecision("agrees", before, before, None)
+        if term is None and family is not None and before_family == family:
+            return TagDecision("agrees", before, before, f"{family} agrees; {reason}")
+        if term is None and family is None:
+            # Unsure: an existing value the most probable class supports is noted as agreeing.
+            supports = {"AP": {"AP"}, "PA": {"PA"}, "LAT": LATERAL_TERMS}.get(prediction.label,
+                                                                               set())
+            if before in supports:
+                return TagDecision("agrees", before, before, reason)
+            return TagDecision("uncertain", before, before, reason)
+        # Certain and contradicting (a different view, or a different family).
+        if term is not None and config.on_disagree == "overwrite":
+            return TagDecision("overwritten", before, term, f"was {before}")
+        what = term or family
+        return TagDecision("disagrees", before, before, f"model: {what}; image: {before}")
+    if term is None:
+        return TagDecision("uncertain", None, None, reason)
+    return TagDecision("written", None, term,
+                       reason if call is not None and call.decided is None else None)
 
 
 def apply(
@@ -104,8 +181,9 @@ def apply(
     equipment.ContributionDateTime = stamp
     equipment.ContributionDescription = (
         f"ViewPosition set to {decision.after} by the view classifier "
-        f"(label {prediction.label}, confidence {prediction.confidence:.3f})"
-    )[:64]
+        f"(label {prediction.label}, confidence {prediction.confidence:.3f}"
+        + (f"; {decision.reason}" if decision.reason else "") + ")"
+    )[:1024]  # ST: up to 1024 characters
     if "ContributingEquipmentSequence" not in ds:
         ds.ContributingEquipmentSequence = Sequence()
     ds.ContributingEquipmentSequence.append(equipment)
@@ -120,7 +198,9 @@ def write_private_block(
     block = ds.private_block(config.private_group, config.private_creator, create=True)
     block.add_new(PRIVATE_LABEL, "CS", prediction.label)
     block.add_new(PRIVATE_PROB_AP, "DS", f"{prediction.probabilities.get('AP', 0.0):.6f}")
-    block.add_new(PRIVATE_PROB_LA, "DS", f"{prediction.probabilities.get('LA', 0.0):.6f}")
+    block.add_new(PRIVATE_PROB_LA, "DS", f"{prediction.probabilities.get('LAT', 0.0):.6f}")
+    block.add_new(PRIVATE_PROB_PA, "DS", f"{prediction.probabilities.get('PA', 0.0):.6f}")
+    block.add_new(PRIVATE_PROB_OTHER, "DS", f"{prediction.probabilities.get('OTHER', 0.0):.6f}")
     block.add_new(PRIVATE_MODEL_SHA256, "LO", model_sha256)
     block.add_new(PRIVATE_SOFTWARE, "LO", MODIFYING_SYSTEM)
 
@@ -135,6 +215,8 @@ def read_private_block(ds: Dataset, config: TagConfig) -> dict[str, str] | None:
         PRIVATE_LABEL: "label",
         PRIVATE_PROB_AP: "probability_ap",
         PRIVATE_PROB_LA: "probability_la",
+        PRIVATE_PROB_PA: "probability_pa",
+        PRIVATE_PROB_OTHER: "probability_other",
         PRIVATE_MODEL_SHA256: "model_sha256",
         PRIVATE_SOFTWARE: "software",
     }

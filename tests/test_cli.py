@@ -38,12 +38,18 @@ def test_classify_prints_one_json_line_per_file(shared, tmp_path: Path):
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["path"] for line in lines] == [str(CHEST_PA), str(LATERAL_JPEG), str(not_an_image)]
     frontal, lateral, bad = lines
-    assert frontal["label"] == "AP" and lateral["label"] == "LA"
+    assert frontal["label"] in ("AP", "PA") and lateral["label"] == "LAT"
+    assert frontal["would_write"] != "AP"  # a PA chest: PA or nothing, never AP
+    assert lateral["would_write"] == "LL" and lateral["view"] == "LL"
     for line in (frontal, lateral):
-        assert set(line) == {"path", "label", "probabilities", "confidence", "model_sha256", "ms"}
-        assert set(line["probabilities"]) == {"AP", "LA"}
-        assert line["confidence"] == max(line["probabilities"].values())
+        assert set(line) == {"path", "label", "view", "probabilities", "heads", "confidence",
+                             "would_write", "reason", "thresholds", "node", "model_sha256", "ms"}
+        assert set(line["probabilities"]) == {"AP", "PA", "LAT", "OTHER"}
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert line["model_sha256"] == shipped_model_sha256()
+        assert (line["would_write"] is None) == (line["reason"] is not None)
+    # The reference PA chest already says PA: serve leaves it (agrees) or flags it, never writes.
+    assert frontal["node"]["before"] == "PA" and frontal["node"]["after"] == "PA"
     assert "error" in bad
 
 

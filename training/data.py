@@ -1,7 +1,11 @@
 """Labelled radiographs -> uint8 224x224 arrays, through the node's own preprocessing.
 
-Two sources: an image folder with labels.csv (the layout of ../shared/data/xray-views) and a DICOM
+Two sources: image folders with labels.csv (the layout of ../shared/data/xray-views) and a DICOM
 tree labelled by each file's ViewPosition. Bad files are skipped and listed, never fatal.
+
+Every sample keeps its view family (`frontal`, `lateral`, `oblique`), the DICOM view term where it
+is known (`AP`, `PA`, `LL`, `RL`, `LAT`, `unknown`), the patient key (folds are split by it) and
+the evaluation region. The paper's two-class task uses frontal vs lateral only.
 """
 
 from __future__ import annotations
@@ -23,13 +27,25 @@ from dicomnode.preprocess import (
     preprocess_image_file,
 )
 
-LABELS = ("AP", "LA")
+LABELS = ("AP", "LA")  # the paper's two classes: frontal ("AP") vs lateral
+FAMILIES = ("frontal", "lateral", "oblique")
 WEIGHTS_FILE_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-LABEL_ALIASES = {"frontal": "AP", "ap": "AP", "pa": "AP", "lateral": "LA", "la": "LA"}
-# DICOM ViewPosition (0018,5101) -> product label. Oblique and decubitus views are neither class.
+FAMILY_ALIASES = {"frontal": "frontal", "ap": "frontal", "pa": "frontal", "lateral": "lateral",
+                  "la": "lateral", "oblique": "oblique"}
+# DICOM ViewPosition (0018,5101) -> view family. Decubitus views are none of them (skipped).
 FRONTAL_VIEW_POSITIONS = {"AP", "PA"}
 LATERAL_VIEW_POSITIONS = {"LL", "RL", "LA", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL",
                           "RIGHT LATERAL"}
+OBLIQUE_VIEW_POSITIONS = {"LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"}
+KNOWN_VIEWS = ("AP", "PA", "LL", "RL", "LAT", "unknown")
+# BodyPartExamined (DICOM PS3.16 Annex L terms) -> evaluation region, for DICOM archives.
+REGION_OF_BODY_PART = {
+    "CHEST": "chest", "THORAX": "chest", "LUNG": "chest", "RIB": "chest", "RIBS": "chest",
+    "SKULL": "skull", "HEAD": "skull", "FACE": "skull", "JAW": "skull", "SINUS": "skull",
+    "CSPINE": "spine", "TSPINE": "spine", "LSPINE": "spine", "SSPINE": "spine", "SPINE": "spine",
+    "NECK": "spine", "COCCYX": "spine", "SACRUM": "spine", "WHOLESPINE": "spine",
+    "ABDOMEN": "abdomen_pelvis", "PELVIS": "abdomen_pelvis", "HIP": "abdomen_pelvis",
+}
 
 
 def shared_dir() -> Path:
@@ -48,11 +64,18 @@ def default_weights_path() -> Path:
 
 @dataclass(frozen=True)
 class Sample:
-    path: str  # relative to the dataset root for images, absolute for DICOM
-    label: str  # "AP" or "LA"
+    path: str  # relative to its dataset root for images, absolute for DICOM
+    label: str  # view family: "frontal", "lateral" or "oblique"
     source: str = "unknown"
     body_part: str = "unknown"
     kind: str = "image"  # "image" or "dicom"
+    view: str = "unknown"  # AP, PA, LL, RL, LAT or unknown
+    region: str = "unknown"  # chest, limbs, spine, skull, abdomen_pelvis, mixed, unknown
+    patient_id: str = ""  # grouping key for folds; "" = the sample is its own group
+
+    @property
+    def group(self) -> str:
+        return self.patient_id or f"sample:{self.path}"
 
 
 @dataclass
@@ -71,8 +94,14 @@ class Dataset:
     fingerprint: str = ""  # sha256 over the labels and every input file's hash
 
     @property
+    def families(self) -> np.ndarray:
+        """0 frontal, 1 lateral, 2 oblique."""
+        return np.array([FAMILIES.index(s.label) for s in self.samples], dtype=np.int64)
+
+    @property
     def labels(self) -> np.ndarray:
-        return np.array([LABELS.index(s.label) for s in self.samples], dtype=np.int64)
+        """The paper's two classes (0 frontal "AP", 1 lateral "LA"); obliques are 2."""
+        return self.families
 
     def subset(self, indices: Iterable[int]) -> Dataset:
         idx = np.asarray(list(indices), dtype=np.int64)
@@ -80,19 +109,36 @@ class Dataset:
 
 
 def normalise_label(raw: str) -> str | None:
-    value = raw.strip()
-    if value in LABELS:
+    """A labels.csv `label` -> view family (the old AP/LA spelling is still read)."""
+    return FAMILY_ALIASES.get(raw.strip().lower())
+
+
+def normalise_view(raw: str | None, family: str) -> str:
+    value = (raw or "").strip().upper()
+    if value in ("AP", "PA") and family == "frontal":
         return value
-    return LABEL_ALIASES.get(value.lower())
+    if value in ("LL", "RL", "LAT") and family == "lateral":
+        return value
+    return "LAT" if family == "lateral" else "unknown"
 
 
 def label_from_view_position(view_position: str) -> str | None:
+    """ViewPosition -> view family, None where it names none (decubitus, empty)."""
     value = " ".join(str(view_position).upper().split())
     if value in FRONTAL_VIEW_POSITIONS:
-        return "AP"
+        return "frontal"
     if value in LATERAL_VIEW_POSITIONS:
-        return "LA"
+        return "lateral"
+    if value in OBLIQUE_VIEW_POSITIONS:
+        return "oblique"
     return None
+
+
+def region_of_body_part(body_part: str) -> str:
+    key = "".join(str(body_part).upper().split())
+    if key in REGION_OF_BODY_PART:
+        return REGION_OF_BODY_PART[key]
+    return "limbs" if key else "unknown"
 
 
 def sha256_bytes_of(path: Path) -> str:
@@ -121,6 +167,9 @@ def read_labels_csv(root: Path) -> tuple[list[Sample], list[Skipped]]:
                     label=label,
                     source=(row.get("source") or "unknown").strip() or "unknown",
                     body_part=(row.get("body_part") or "unknown").strip() or "unknown",
+                    view=normalise_view(row.get("view"), label),
+                    region=(row.get("region") or "unknown").strip() or "unknown",
+                    patient_id=(row.get("patient_id") or "").strip(),
                 )
             )
     return samples, skipped
@@ -167,7 +216,8 @@ def load_dicom_tree(root: Path, limit_per_class: int | None = None) -> Dataset:
         label = label_from_view_position(ds.get("ViewPosition", "") or "")
         if label is None:
             vp = ds.get("ViewPosition", "") or "(empty)"
-            skipped.append(Skipped(str(path), f"ViewPosition {vp!r} is neither AP nor LA"))
+            skipped.append(Skipped(str(path), f"ViewPosition {vp!r} is no frontal, lateral or "
+                                              "oblique view"))
             continue
         if limit_per_class is not None and per_class.get(label, 0) >= limit_per_class:
             continue
@@ -178,18 +228,23 @@ def load_dicom_tree(root: Path, limit_per_class: int | None = None) -> Dataset:
             continue
         per_class[label] = per_class.get(label, 0) + 1
         digest.update(f"{path.relative_to(root)},{label},{sha256_bytes_of(path)}\n".encode())
-        body_part = str(ds.get("BodyPartExamined", "") or "unknown").lower()
+        body_part = str(ds.get("BodyPartExamined", "") or "")
         source = str(ds.get("Manufacturer", "") or "dicom")
-        kept.append(Sample(str(path), label, source, body_part, kind="dicom"))
+        view = " ".join(str(ds.get("ViewPosition", "") or "").upper().split())
+        kept.append(Sample(str(path), label, source, body_part.lower() or "unknown",
+                           kind="dicom", view=normalise_view(view, label),
+                           region=region_of_body_part(body_part),
+                           patient_id=f"dicom:{ds.get('PatientID', '') or path.name}"))
     return Dataset(kept, _stack(arrays), skipped, digest.hexdigest())
 
 
-def load_data(images: Path | None = None, dicom: Path | None = None,
+def load_data(images: Path | list[Path] | None = None, dicom: Path | None = None,
               limit_per_class: int | None = None) -> Dataset:
-    """Images and/or DICOM trees combined into one Dataset."""
+    """Image folders and/or a DICOM tree combined into one Dataset."""
     parts: list[Dataset] = []
-    if images is not None:
-        parts.append(load_image_folder(images, limit_per_class))
+    folders = images if isinstance(images, list) else [images] if images is not None else []
+    for folder in folders:
+        parts.append(load_image_folder(folder, limit_per_class))
     if dicom is not None:
         parts.append(load_dicom_tree(dicom, limit_per_class))
     if not parts:

@@ -17,7 +17,7 @@ STEADY_INVOKES = 100
 
 @dataclass
 class VariantRun:
-    probabilities: np.ndarray  # (n, 2)
+    probabilities: np.ndarray  # (n, 2) binary or (n, 7) view model
     warmup_ms: float  # fresh interpreter: allocate_tensors + first invoke
     steady_ms: float  # median of STEADY_INVOKES invokes on one image
     size_kb: float
@@ -40,7 +40,8 @@ def run_tflite(path: Path, pixels: np.ndarray, num_threads: int = 1,
         interpreter.set_tensor(inp, first)
         interpreter.invoke()
         times.append((time.perf_counter() - t0) * 1000.0)
-    probs = np.zeros((len(pixels), 2), dtype=np.float32)
+    width = int(np.prod(interpreter.get_output_details()[0]["shape"][1:]))
+    probs = np.zeros((len(pixels), width), dtype=np.float32)
     for i in range(len(pixels)):
         interpreter.set_tensor(inp, view_of(pixels[i:i + 1], "orig"))
         interpreter.invoke()

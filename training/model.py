@@ -1,4 +1,9 @@
-"""MobileNetV2 1.0 (ImageNet weights from a local file) + the paper's head; scaling in the model."""
+"""MobileNetV2 1.0 (ImageNet weights from a local file) + a head; scaling in the model.
+
+Two heads: the paper's (`binary`: Dense(128, ReLU) -> Dense(2, softmax), AP vs LA) and the view
+model's (`views`: Dense(128, ReLU) -> three softmax heads, family 3 + AP/PA 2 + region 2,
+concatenated into one output vector; dicomnode.view_policy says what each value means).
+"""
 
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ class Parts:
     """
 
     def __init__(self, weights: Path, scaling: str, split_layer: str = POOLED_LAYER,
-                 dense_units: int = 128, dropout: float = 0.0) -> None:
+                 dense_units: int = 128, dropout: float = 0.0, heads: str = "binary",
+                 ap_pa_units: int = 0) -> None:
         import keras
 
         base = keras.applications.MobileNetV2(
@@ -58,10 +64,22 @@ class Parts:
         pool = keras.layers.GlobalAveragePooling2D(name="gap")
         drop = keras.layers.Dropout(dropout, name="dropout") if dropout > 0 else None
         dense = keras.layers.Dense(dense_units, activation="relu", name="dense")
-        out = keras.layers.Dense(2, activation="softmax", name="probabilities")
+        if heads == "binary":
+            out = keras.layers.Dense(2, activation="softmax", name="probabilities")
+        elif heads == "views":
+            out = view_heads()
+        else:
+            raise ValueError(f"unknown heads {heads!r}; use binary or views")
+        self.heads = heads
+        # views: AP vs PA from a Dense layer of its own (the shared one serves family/region)
+        own = (keras.layers.Dense(ap_pa_units, activation="relu", name="dense_ap_pa")
+               if heads == "views" and ap_pa_units > 0 else None)
 
         def head_on(pooled):
-            return out(dense(drop(pooled) if drop is not None else pooled))
+            dropped = drop(pooled) if drop is not None else pooled
+            if heads == "views":
+                return out(dense(dropped), own(dropped) if own is not None else None)
+            return out(dense(dropped))
 
         pooled_in = keras.Input((base.output.shape[-1],), name="pooled")
         self.head = keras.Model(pooled_in, head_on(pooled_in), name="head")
@@ -99,3 +117,21 @@ class Parts:
         for layer in self.top_base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def view_heads():
+    """family (3) + AP/PA (2) + region (2) softmax heads on one input, concatenated into one
+    output vector (a single TFLite output; dicomnode.view_policy.HEAD_SLICES)."""
+    import keras
+
+    from dicomnode.view_policy import HEADS
+
+    parts = {head: keras.layers.Dense(len(classes), activation="softmax", name=head)
+             for head, classes in HEADS.items()}
+    joined = keras.layers.Concatenate(name="view_outputs")
+
+    def on(shared, ap_pa_input=None):
+        return joined([part(ap_pa_input if head == "ap_pa" and ap_pa_input is not None
+                            else shared) for head, part in parts.items()])
+
+    return on

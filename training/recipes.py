@@ -30,6 +30,17 @@ class Recipe:
     label_smoothing: float = 0.0
     representative_samples: int = 200
     seed: int = 0
+    # "binary": the paper's AP vs LA softmax; "views": family + AP/PA + region heads
+    # (dicomnode.view_policy), patient-grouped folds, calibration and write thresholds.
+    heads: str = "binary"
+    # views: each (region, family) cell weighs (cell count)^-cell_weight_power, mean 1, so no
+    # region is learnt as "always one view" (0 = every image alike).
+    cell_weight_power: float = 0.5
+    ap_pa_loss_weight: float = 1.0
+    ap_pa_units: int = 0  # views: > 0 gives AP vs PA a Dense(ReLU) layer of its own
+    region_loss_weight: float = 0.5
+    # views: the wrong-write rate the thresholds are chosen for, on out-of-fold predictions.
+    max_wrong_write_rate: float = 0.002
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -65,6 +76,7 @@ SHIPPED = Recipe(
     dropout=0.2,
     label_smoothing=0.1,  # keeps gradients alive for the fine-tuning stage
     representative_samples=400,
+    heads="views",
 )
 
 RECIPES = {r.name: r for r in (PAPER, SHIPPED)}

@@ -34,6 +34,18 @@ def _accuracy_by(groups: list[str], correct: np.ndarray) -> dict[str, dict]:
     return out
 
 
+def per_fold_rows(cv: CVResult) -> list[dict]:
+    return [
+        {"fold": r.fold + 1, "n_train": r.n_train, "n_test": r.n_test,
+         "accuracy": {k: round(v, 4) for k, v in r.accuracy.items()},
+         "steady_ms": {k: round(v, 2) for k, v in r.steady_ms.items()},
+         "warmup_ms": {k: round(v, 2) for k, v in r.warmup_ms.items()},
+         "size_kb": {k: round(v, 1) for k, v in r.size_kb.items()},
+         "wall_s": round(r.wall_s, 1)}
+        for r in cv.fold_results
+    ]
+
+
 def summarise(cv: CVResult) -> dict:
     y = cv.dataset.labels
     names = list(cv.oof)
@@ -82,15 +94,7 @@ def summarise(cv: CVResult) -> dict:
                              confusion.tolist()},
         "folds": cv.folds,
         "per_class_n": {label: int((y == i).sum()) for i, label in enumerate(LABELS)},
-        "per_fold": [
-            {"fold": r.fold + 1, "n_train": r.n_train, "n_test": r.n_test,
-             "accuracy": {k: round(v, 4) for k, v in r.accuracy.items()},
-             "steady_ms": {k: round(v, 2) for k, v in r.steady_ms.items()},
-             "warmup_ms": {k: round(v, 2) for k, v in r.warmup_ms.items()},
-             "size_kb": {k: round(v, 1) for k, v in r.size_kb.items()},
-             "wall_s": round(r.wall_s, 1)}
-            for r in cv.fold_results
-        ],
+        "per_fold": per_fold_rows(cv),
         "misclassified": misclassified,
         "skipped": [{"path": s.path, "reason": s.reason} for s in cv.skipped],
         "wall_time_s": round(cv.wall_time_s, 1),
@@ -174,9 +178,38 @@ def figure(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_views_report(cv: CVResult, report_dir: Path, name: str) -> dict:
+    from training.report_views import markdown_views, reliability_figure, summarise_views
+
+    summary = summarise_views(cv)
+    (report_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (report_dir / f"{name}.md").write_text(markdown_views(summary, name))
+    with open(report_dir / f"{name}-folds.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "variant", "frontal_lateral_accuracy", "size_kb", "warmup_ms",
+                         "steady_ms"])
+        for row in summary["per_fold"]:
+            for variant in summary["variants"]:
+                writer.writerow([row["fold"], variant, row["accuracy"][variant],
+                                 row["size_kb"][variant], row["warmup_ms"][variant],
+                                 row["steady_ms"][variant]])
+    with open(report_dir / f"{name}-misclassified.csv", "w", newline="") as handle:
+        rows = summary["misclassified"]
+        fields = list(rows[0]) if rows else ["file"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    reliability_figure(summary, report_dir / f"{name}.png",
+                       f"recipe {name}: reliability of the view model")
+    write_comparison(report_dir)
+    return summary
+
+
 def write_report(cv: CVResult, report_dir: Path, name: str | None = None) -> dict:
     name = name or cv.recipe.name
     report_dir.mkdir(parents=True, exist_ok=True)
+    if cv.recipe.heads == "views":
+        return write_views_report(cv, report_dir, name)
     summary = summarise(cv)
     (report_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (report_dir / f"{name}.md").write_text(markdown(summary, name))

@@ -126,6 +126,10 @@ def build_filter(
     delivery: str | None = None,
 ) -> LogFilter:
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    known_labels = ("AP", "PA", "LAT", "OTHER", "LA")  # LA: the first model's lateral class
+    if label is not None and label not in known_labels:
+        raise fail(f"--label {label!r} matches no logged class; use one of "
+                   f"{', '.join(known_labels)} (LA: rows of the earlier AP/LA model)")
     if day is not None:
         first = parse_time(day, "--day")
         start = datetime.combine(first.date(), time(), tzinfo=timezone.utc)

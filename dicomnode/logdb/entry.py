@@ -25,9 +25,9 @@ class InstanceLogEntry:
     patient_id: str | None  # already in the configured form (plain, salted hash, or None)
     transfer_syntax_uid: str | None
     action: str  # one of ACTIONS
-    label: str | None = None  # "AP" / "LA"
+    label: str | None = None  # the model's most probable class: AP, PA, LAT or OTHER
     probability_ap: float | None = None
-    probability_la: float | None = None
+    probability_la: float | None = None  # lateral (class LAT)
     confidence: float | None = None
     model_sha256: str | None = None
     inference_ms: float | None = None
@@ -37,6 +37,10 @@ class InstanceLogEntry:
     error: str | None = None
     spool_path: str | None = None
     routing: dict = field(default_factory=dict)  # {"rules": [...], "destinations": [...]}
+    probability_pa: float | None = None
+    probability_other: float | None = None
+    decision_reason: str | None = None  # why nothing was written, or where a value came from
+    thresholds: dict | None = None  # {"source": "manifest"|"config", "frontal": …, …}
 
 
 PATIENT_ID_FORMS = ("plain", "hash", "omit")

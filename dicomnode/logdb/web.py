@@ -213,6 +213,14 @@ def search_page(store: LogStore, params: dict[str, str], settings: ViewSettings)
     return page("Search the log", body)
 
 
+def thresholds_text(thresholds: dict | None) -> str | None:
+    if not thresholds:
+        return None
+    source = thresholds.get("source", "?")
+    values = ", ".join(f"{k} {v}" for k, v in thresholds.items() if k != "source")
+    return f"{values} ({source})"
+
+
 def dimse_status(status: int | None) -> str:
     return "" if status is None else f"0x{status:04X}"
 
@@ -235,10 +243,11 @@ def study_page(store: LogStore, study_uid: str) -> tuple[int, str]:
             f"{text(', '.join(r['not_attempted']))}</p>"
             if r["not_attempted"] else ""
         )  # fmt: skip
-        probabilities = (
-            f"AP {text(r['probability_ap'])} / LA {text(r['probability_la'])}"
-            if r["probability_ap"] is not None else "—"
-        )  # fmt: skip
+        probabilities = " / ".join(
+            f"{name} {text(r.get(key))}" for name, key in (
+                ("AP", "probability_ap"), ("PA", "probability_pa"), ("LAT", "probability_la"),
+                ("OTHER", "probability_other")) if r.get(key) is not None
+        ) or "—"  # fmt: skip
         blocks.append(
             f"<section class='instance'><h3 class='uid'>{text(r['sop_instance_uid'])}</h3>"
             "<table><tr><th>Received (UTC)</th><th>Series</th><th>From</th><th>Action</th>"
@@ -252,9 +261,12 @@ def study_page(store: LogStore, study_uid: str) -> tuple[int, str]:
             f"<td class='uid'>{text(r['model_sha256'])}</td><td>{text(r['inference_ms'])}</td>"
             "</tr></table>"
             "<h4>Coercion (ViewPosition 0018,5101)</h4><table class='coercion'>"
-            "<tr><th>Before</th><th>After</th><th>Error</th></tr>"
+            "<tr><th>Before</th><th>After</th><th>Reason</th><th>Thresholds</th><th>Error</th>"
+            "</tr>"
             f"<tr><td>{text(r['view_position_before']) or '(absent)'}</td>"
             f"<td>{text(r['view_position_after']) or '(absent)'}</td>"
+            f"<td>{text(r.get('decision_reason'))}</td>"
+            f"<td>{text(thresholds_text(r.get('thresholds')))}</td>"
             f"<td>{text(r['error'])}</td></tr></table>"
             "<h4>Deliveries</h4><table class='deliveries'><tr><th>At (UTC)</th>"
             "<th>Destination</th><th>Outcome</th><th>Attempt</th><th>DIMSE status</th>"
