@@ -163,7 +163,7 @@ def classify(
         try:
             grey = preprocess_file(path)
             prediction = classifier.predict(grey)
-            overrides = node_config.tag.thresholds.model_dump(exclude_none=True)
+            overrides = node_config.tag.threshold_overrides()
             configured = classifier.predict(grey, overrides) if overrides else prediction
         except (PreprocessError, OSError) as exc:
             failed += 1
@@ -212,8 +212,7 @@ def _header_view(path: Path) -> tuple[str | None, str | None]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # not DICOM (PNG, JPEG): no view recorded
         return None, None
-    body_part = str(ds.get("BodyPartExamined", "") or "").strip() or None
-    return tag.current_view(ds), body_part
+    return tag.current_view(ds), tag.body_part_of(ds)
 
 
 @app.command()

@@ -128,11 +128,10 @@ def _classify(entry, ds, classifier, node_config: NodeConfig) -> None:  # type: 
         return
     try:
         prediction = classifier.predict(preprocess_dataset(ds),
-                                        node_config.tag.thresholds.model_dump(exclude_none=True))
+                                        node_config.tag.threshold_overrides())
     except PreprocessError as exc:
         entry.action, entry.error = "unreadable", str(exc)
         return
     entry.label, entry.confidence = prediction.label, prediction.confidence
     before = tag.current_view(ds)
-    body_part = str(ds.get("BodyPartExamined", "") or "").strip() or None
-    entry.action = tag.decide(before, prediction, node_config.tag, body_part).action
+    entry.action = tag.decide(before, prediction, node_config.tag, tag.body_part_of(ds)).action

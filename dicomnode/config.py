@@ -113,6 +113,11 @@ REMOVED_TAG_KEYS = {
 }
 
 
+def body_part_key(body_part: str | None) -> str:
+    """BodyPartExamined as `tag.body_part_defaults` keys it: capitals, no spaces."""
+    return "".join((body_part or "").upper().split())
+
+
 class TagConfig(_Strict):
     la_term: Literal["LL", "RL", "LATERAL", "LAT"] = "LL"
     thresholds: ThresholdOverrides = ThresholdOverrides()
@@ -137,7 +142,11 @@ class TagConfig(_Strict):
     @field_validator("body_part_defaults")
     @classmethod
     def _body_parts_upper(cls, value: dict[str, str]) -> dict[str, str]:
-        return {"".join(k.upper().split()): v for k, v in value.items()}
+        return {body_part_key(k): v for k, v in value.items()}
+
+    def threshold_overrides(self) -> dict[str, float]:
+        """The write thresholds set here (the rest come from the model's manifest)."""
+        return self.thresholds.model_dump(exclude_none=True)
 
     @field_validator("private_group")
     @classmethod

@@ -252,11 +252,10 @@ class Pipeline:
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
             return path
-        prediction: Prediction = classifier.predict(
-            grey, self.config.tag.thresholds.model_dump(exclude_none=True))
+        prediction: Prediction = classifier.predict(grey, self.config.tag.threshold_overrides())
         record_prediction(entry, prediction, classifier.sha256)
         decision = tag.decide(entry.view_position_before, prediction, self.config.tag,
-                              _text(ds, "BodyPartExamined"))
+                              tag.body_part_of(ds))
         entry.action = decision.action
         entry.decision_reason = decision.reason
         if not decision.writes:

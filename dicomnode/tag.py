@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 
 from dicomnode import SOFTWARE_NAME, __version__
 from dicomnode.classify import Prediction
-from dicomnode.config import TagConfig
+from dicomnode.config import TagConfig, body_part_key
 
 # ViewPosition (0018,5101) terms by view family. Anything else that is present (oblique,
 # decubitus, …) is "other": it contradicts a frontal or lateral call.
@@ -82,6 +82,14 @@ def current_view(ds: Dataset) -> str | None:
     return current_view_position(ds) or coded_view(ds)
 
 
+def body_part_of(ds: Dataset) -> str | None:
+    """BodyPartExamined, for `tag.body_part_defaults`; None when absent or unreadable."""
+    try:
+        return str(ds.get("BodyPartExamined", "") or "").strip() or None
+    except Exception:  # a malformed element: no body part, as if absent
+        return None
+
+
 def family_of(term: str | None) -> str | None:
     if term is None:
         return None
@@ -110,7 +118,7 @@ def decide(before: str | None, prediction: Prediction, config: TagConfig,
     family = call.family_decided if call is not None else None
     reason = call.reason if call is not None else "no view call"
     if term is None and family == "frontal":
-        key = "".join((body_part or "").upper().split())
+        key = body_part_key(body_part)
         default = config.body_part_defaults.get(key) if key else None
         if default is not None:
             term = default

@@ -69,12 +69,6 @@ def views_loss(smoothing: float, ap_pa_weight: float, region_weight: float):
     return loss
 
 
-def stack_views(features: dict[str, np.ndarray], views, idx: np.ndarray,
-                y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([features[v][idx] for v in views])
-    return x, np.tile(y[idx], len(views))
-
-
 def _fit(model, recipe: Recipe, x, t, learning_rate: float, epochs: int, weights) -> dict:
     import keras
 
@@ -110,12 +104,13 @@ def train(parts, recipe: Recipe, pooled: dict[str, np.ndarray], y: np.ndarray,
     if recipe.heads == "views":
         if samples is None:
             raise ValueError("views recipes need the samples (family, view, region)")
-        targets = view_targets(samples, train_idx, recipe.cell_weight_power)
+        rows = view_targets(samples, train_idx, recipe.cell_weight_power)
         weights = None
-        x, t = stack_rows(pooled, recipe.train_views, train_idx, targets)
     else:
-        x, t = stack_views(pooled, recipe.train_views, train_idx, y)
-        weights = class_weights(t, recipe.class_weighting and not balanced)
+        rows = y[train_idx]
+        # inverse frequency: the same for the rows as for their copies in every view
+        weights = class_weights(rows, recipe.class_weighting and not balanced)
+    x, t = stack_rows(pooled, recipe.train_views, train_idx, rows)
     history = {"class_weight": weights,
                "head": _fit(parts.head, recipe, x, t, recipe.learning_rate, recipe.epochs,
                             weights)}
@@ -123,11 +118,8 @@ def train(parts, recipe: Recipe, pooled: dict[str, np.ndarray], y: np.ndarray,
         if activations is None:
             raise ValueError("fine-tuning needs the split-layer activations")
         parts.unfreeze_top()
-        views = recipe.fine_tune_views or recipe.train_views
-        if recipe.heads == "views":
-            x, t = stack_rows(activations, views, train_idx, targets)
-        else:
-            x, t = stack_views(activations, views, train_idx, y)
+        x, t = stack_rows(activations, recipe.fine_tune_views or recipe.train_views, train_idx,
+                          rows)
         history["fine_tune"] = _fit(parts.upper, recipe, x, t, recipe.fine_tune_learning_rate,
                                     recipe.fine_tune_epochs, weights)
     return history
@@ -135,7 +127,8 @@ def train(parts, recipe: Recipe, pooled: dict[str, np.ndarray], y: np.ndarray,
 
 def stack_rows(features: dict[str, np.ndarray], views, idx: np.ndarray,
                targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Features of idx in every view, with their target rows repeated alike."""
+    """Features of idx in every view, with their target rows (labels or views targets, one per
+    index in idx) repeated alike."""
     return (np.concatenate([features[v][idx] for v in views]),
             np.concatenate([targets] * len(views)))
 

@@ -13,7 +13,7 @@ import statistics
 
 import numpy as np
 
-from dicomnode.view_policy import calibrated_heads, decide_many
+from dicomnode.view_policy import decide_many
 from training.calibrate import calibrate, outcomes, reliability
 from training.cv import CVResult, family_accuracy
 
@@ -83,7 +83,7 @@ def summarise_views(cv: CVResult) -> dict:
     calls = per_variant_decided[ref]
     decided, family_decided = calls["decided"], calls["family_decided"]
     result = outcomes(decided, samples)
-    heads = calibrated_heads(cv.oof[ref], calibration)
+    heads = {head: calls[head] for head in ("family", "ap_pa", "region")}
 
     def metrics_for(rows):
         return group_metrics(rows, cv.oof[ref], result, decided, samples, families, heads,

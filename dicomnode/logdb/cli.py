@@ -23,6 +23,7 @@ from dicomnode.logdb.query import (
     summarise,
 )
 from dicomnode.logdb.store import LogStore
+from dicomnode.view_policy import CLASSES
 
 log_app = typer.Typer(
     help="Query, summarise and purge the classification log.", no_args_is_help=True
@@ -126,7 +127,7 @@ def build_filter(
     delivery: str | None = None,
 ) -> LogFilter:
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    known_labels = ("AP", "PA", "LAT", "OTHER", "LA")  # LA: the first model's lateral class
+    known_labels = (*CLASSES, "LA")  # LA: the first model's lateral class
     if label is not None and label not in known_labels:
         raise fail(f"--label {label!r} matches no logged class; use one of "
                    f"{', '.join(known_labels)} (LA: rows of the earlier AP/LA model)")
