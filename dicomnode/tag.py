@@ -165,7 +165,9 @@ def apply(
     stamp = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
 
     previous = Dataset()
-    previous.ViewPosition = decision.before or ""  # empty when there was none
+    # The element as it was, not the view the decision compared with: that may have come from
+    # View Code Sequence while ViewPosition itself was absent (then empty, as PS3.3 records it).
+    previous.ViewPosition = ds.get("ViewPosition") or ""
     original = Dataset()
     original.ModifiedAttributesSequence = Sequence([previous])
     original.AttributeModificationDateTime = stamp

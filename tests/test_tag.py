@@ -86,6 +86,23 @@ def test_view_code_sequence_is_the_current_view():
     assert tag.current_view(ds) == "LL"
 
 
+def test_coercion_record_keeps_the_element_as_it_was_not_the_coded_view(shared):
+    """A view known only from View Code Sequence, overwritten: the record's previous
+    ViewPosition is the (absent) element, not the coded view the decision compared with."""
+    ds = pydicom.dcmread(RG1_J2KR)
+    del ds.ViewPosition
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
+        "399348003", "SCT", "antero-posterior")
+    ds.ViewCodeSequence = Sequence([code])
+    config = TagConfig(on_disagree="overwrite", private_block=False)
+    decision = tag.decide(tag.current_view(ds), CONFIDENT_PA, config)
+    assert (decision.action, decision.before, decision.after) == ("overwritten", "AP", "PA")
+    tag.apply(ds, decision, CONFIDENT_PA, "ab" * 32, config)
+    assert ds.ViewPosition == "PA"
+    assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].ViewPosition == ""
+
+
 def test_removed_settings_say_what_replaces_them(tmp_path):
     path = tmp_path / "node.yaml"
     for key, hint in (("ap_term: AP", "body_part_defaults"),
