@@ -30,9 +30,10 @@ system-deps:
 	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null \
 	    || ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null \
-	    || ! command -v openssl >/dev/null; then \
+	    || ! command -v openssl >/dev/null || ! command -v dciodvfy >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    dcmtk orthanc postgresql chromium util-linux iproute2 systemd openssl >/dev/null; \
+	    dcmtk orthanc postgresql chromium util-linux iproute2 systemd openssl \
+	    dicom3tools >/dev/null; \
 	fi
 
 lint: setup-test

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.uid import ComputedRadiographyImageStorage
 
 from bench.common import REPO_ROOT, SHARED, median, percentile, print_table, write_json
 
@@ -133,7 +134,9 @@ def node_first_image(count: int) -> dict[str, Any]:
         workdir = Path(tmp)
         node = start_node(workdir, node_config(workdir, sink_port=None))
         try:
-            template = Template(SHARED / SAMPLE, workdir)
+            # The sample is stored as Secondary Capture, which the node never tags: send it
+            # as the CR image a modality would.
+            template = Template(SHARED / SAMPLE, workdir, sop_class=ComputedRadiographyImageStorage)
             database = workdir / "node-log.sqlite3"
             stream(node.port, "DICOMNODE", [template], 1)
             _wait_rows(database, 1)

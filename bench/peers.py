@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 
 from bench.common import REPO_ROOT
-from dicomnode.forward import DicomSender
 from dicomnode.receive import set_tcp_nodelay
+from dicomnode.send import DicomSender
 
 # Send each instance from its file as stored: the sender costs the same whatever it sends to.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -45,8 +45,10 @@ class Template:
     over both places it occurs (file meta and dataset) so every send is a new instance without
     re-encoding megabytes of pixel data per image."""
 
-    def __init__(self, source: Path, workdir: Path) -> None:
+    def __init__(self, source: Path, workdir: Path, sop_class: str | None = None) -> None:
         ds = pydicom.dcmread(source)
+        if sop_class is not None:  # e.g. a film stored as Secondary Capture, sent as a CR
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
         placeholder = new_uid()
         ds.SOPInstanceUID = placeholder
         ds.file_meta.MediaStorageSOPInstanceUID = placeholder

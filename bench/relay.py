@@ -30,8 +30,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from dicomnode.forward import DicomSender
 from dicomnode.receive import set_tcp_nodelay
+from dicomnode.send import DicomSender
 from dicomnode.spool import _fsync_dir, write_atomic
 
 _config.STORE_SEND_CHUNKED_DATASET = True  # like the node's forwarder: send the file as stored

@@ -144,7 +144,8 @@ def classify(
 ) -> None:
     """Classify files; one JSON line per file: label, view (the model's best view term),
     probabilities of every class, confidence, would_write (the ViewPosition the node writes into
-    an empty one with the shipped defaults, null = abstain) and reason, node (what `serve` with
+    an empty one with the shipped defaults, null = abstain, or a SOP class the node never
+    tags) and reason, node (what `serve` with
     this config does with the file as it is), model_sha256, ms. Same code path as the node."""
     from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier
     from dicomnode.preprocess import PreprocessError, preprocess_file
@@ -180,9 +181,13 @@ def classify_line(path: Path, prediction, configured, node_config, sha256: str) 
     from dicomnode import tag
     from dicomnode.config import TagConfig
 
-    before, body_part = _header_view(path)
-    shipped = tag.decide(None, prediction, TagConfig())
-    node = tag.decide(before, configured, node_config.tag, body_part)
+    before, body_part, sop_class = _header_view(path)
+    skipped = tag.not_taggable(sop_class) if sop_class is not None else None
+    if skipped is not None:  # what the node does with such a file: nothing
+        shipped = node = tag.TagDecision("skipped", before, before, skipped)
+    else:
+        shipped = tag.decide(None, prediction, TagConfig())
+        node = tag.decide(before, configured, node_config.tag, body_part)
     call = prediction.call
     view = {"LAT": TagConfig().la_term, "OTHER": None}.get(prediction.label, prediction.label)
     return {
@@ -202,8 +207,8 @@ def classify_line(path: Path, prediction, configured, node_config, sha256: str) 
     }
 
 
-def _header_view(path: Path) -> tuple[str | None, str | None]:
-    """(current view, BodyPartExamined) of a DICOM file; (None, None) for PNG/JPEG."""
+def _header_view(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(current view, BodyPartExamined, SOP Class UID) of a DICOM file; Nones for PNG/JPEG."""
     import pydicom
 
     from dicomnode import tag
@@ -211,8 +216,9 @@ def _header_view(path: Path) -> tuple[str | None, str | None]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # not DICOM (PNG, JPEG): no view recorded
-        return None, None
-    return tag.current_view(ds), tag.body_part_of(ds)
+        return None, None, None
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    return tag.current_view(ds), tag.body_part_of(ds), sop_class
 
 
 @app.command()
@@ -228,9 +234,10 @@ def echo(
     timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
 ) -> None:
     """C-ECHO a DICOM destination (or the node's own listener) and print the status."""
-    from pynetdicom import AE, evt
+    from pynetdicom import evt
     from pynetdicom.sop_class import Verification
 
+    from dicomnode.identity import node_ae
     from dicomnode.receive import set_tcp_nodelay
 
     node_config = _load(config)
@@ -257,7 +264,7 @@ def echo(
             recv.ae_title,
         )
     target = (host or target[0], port or target[1], called_ae or target[2])
-    ae = AE(ae_title=calling)
+    ae = node_ae(calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
     assoc = ae.associate(

@@ -192,8 +192,12 @@ class RetryPolicy(_Strict):
     """Exponential backoff with jitter for transient failures (per destination).
 
     Attempt n (1-based) failing waits min(max_delay_s, initial_s * multiplier**(n-1))
-    + uniform(0, jitter_s) before attempt n+1; after `max_attempts` attempts (null: never give
-    up) the image goes to failed/.
+    + uniform(0, jitter_s) before attempt n+1. Failures of the link (association refused, peer
+    unreachable, no presentation context accepted, 0xA7xx out of resources) keep the queue in
+    order: after `max_attempts` of them (null: never give up) the image goes to failed/.
+    Failures of one image on a working association (it cannot be read or encoded, the peer
+    aborts or times out while this image is in transfer) count separately: after
+    `image_attempts` of them it goes to failed/ with its reason and the queue goes on.
     """
 
     initial_s: float = Field(2.0, gt=0.0)
@@ -201,6 +205,7 @@ class RetryPolicy(_Strict):
     max_delay_s: float = Field(300.0, gt=0.0)
     jitter_s: float = Field(1.0, ge=0.0)
     max_attempts: int | None = Field(None, ge=1)
+    image_attempts: int = Field(3, ge=1)
 
 
 class DicomDestination(_Strict):

@@ -36,14 +36,13 @@ class HealthReport:
 
 def _echo(config: Any, timeout: float) -> tuple[str | None, str | None]:
     """(fact, problem) for a C-ECHO to the node's own listener."""
-    from pynetdicom import AE
-
     from dicomnode.hardening import health_tls_args
+    from dicomnode.identity import node_ae
 
     recv = config.receive
     host = "127.0.0.1" if recv.host in ("0.0.0.0", "", "::") else recv.host
     target = f"{recv.ae_title}@{host}:{recv.port}"
-    ae = AE(ae_title=recv.ae_title)
+    ae = node_ae(recv.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
     started = time.perf_counter()

@@ -25,8 +25,10 @@ from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
 from dicomnode.guard import IsolatedDecoder, Limits, check_file, preprocess_guarded
+from dicomnode.identity import set_implementation
 from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form
 from dicomnode.preprocess import PreprocessError
+from dicomnode.series_views import SeriesViews
 from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class Pipeline:
         self.isolate_decode = bool(getattr(guard, "isolate", True))
         self._decoders: list[IsolatedDecoder] = []
         self._stopping = threading.Event()
+        self.series_views = SeriesViews()
 
     @property
     def classifies(self) -> bool:
@@ -200,7 +203,16 @@ class Pipeline:
             entry.action = "unreadable"
             entry.error = f"cannot parse dataset: {type(exc).__name__}: {exc}"
         if ds is not None and (entry.modality or "").upper() in self._modalities():
-            payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder, meta)
+            not_taggable = tag.not_taggable(entry.sop_class_uid or _text(ds, "SOPClassUID"))
+            if not_taggable is None:
+                payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder, meta)
+            else:  # forwarded untouched: this IOD has no ViewPosition with these terms
+                entry.action, entry.decision_reason = "skipped", not_taggable
+        series_note = self.series_views.note(
+            entry.sop_class_uid, entry.series_instance_uid, entry.sop_instance_uid,
+            entry.view_position_after)
+        if series_note:
+            entry.decision_reason = "; ".join(filter(None, (entry.decision_reason, series_note)))
         entry.processing_ms = (time.perf_counter() - started) * 1000.0
         if getattr(self, "metrics", None) is not None:  # set by metrics.attach_to_node
             self.metrics.image_processed(entry)
@@ -266,6 +278,7 @@ class Pipeline:
         )  # fmt: skip
         try:
             buffer = io.BytesIO()
+            set_implementation(ds.file_meta)  # the node wrote this file (PS3.10 7.1)
             ds.save_as(buffer)  # as read: same transfer syntax, encapsulated pixel data as-is
             tagged = self.spool.dir(PROCESSING) / f"{name}.out"
             write_atomic(tagged, buffer.getvalue(), self.spool.dir("tmp"))

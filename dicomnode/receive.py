@@ -16,6 +16,8 @@ from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid, sop_class
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
@@ -23,6 +25,7 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.config import ReceiveConfig
 from dicomnode.hardening import receive_security
+from dicomnode.identity import node_ae, set_implementation
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -112,9 +115,10 @@ class Receiver:
             if reason is not None:
                 return failure(STATUS_OUT_OF_RESOURCES, reason)
         try:
-            # Preamble + file meta (built from the request and the context) + the dataset bytes
-            # exactly as they arrived.
-            encoded = event.encoded_dataset(include_meta=True)
+            # Preamble + file meta (built from the request and the context, naming the node as
+            # the implementation that wrote the file and the sender as its source) + the
+            # dataset bytes exactly as they arrived.
+            encoded = encoded_file(event)
             path = self.spool.accept(encoded, meta)
         except OSError as exc:
             log.error("cannot spool %s: %s", meta["sop_instance_uid"], exc)
@@ -126,6 +130,18 @@ class Receiver:
         return STATUS_SUCCESS
 
 
+def encoded_file(event: evt.Event) -> bytes:
+    """The received instance as a DICOM file (PS3.10), with the node's file meta."""
+    file_meta = event.file_meta
+    set_implementation(file_meta)
+    file_meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, file_meta, enforce_standard=True)
+    buffer.write(event.request.DataSet.getvalue())
+    return buffer.getvalue()
+
+
 def _dataset_size(request: Any) -> int:
     try:
         with request.DataSet.getbuffer() as view:  # no copy of the bytes
@@ -135,7 +151,7 @@ def _dataset_size(request: Any) -> int:
 
 
 def build_ae(config: ReceiveConfig) -> AE:
-    ae = AE(ae_title=config.ae_title)
+    ae = node_ae(config.ae_title)
     ae.maximum_pdu_size = config.max_pdu
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from dicomnode import SOFTWARE_NAME, __version__
 from dicomnode.classify import Prediction
@@ -29,6 +30,26 @@ VIEW_CODES = {
     "399173006": "LL", "R-10236": "LL",
     "399067008": "LATERAL", "R-10220": "LATERAL",
 }
+
+# The ViewPosition term -> the CID 4010 "DX View" code the node writes beside it (SNOMED CT).
+CODED_VIEWS = {
+    "AP": ("399348003", "antero-posterior"),
+    "PA": ("272479007", "postero-anterior"),
+    "LL": ("399173006", "left lateral"),
+    "RL": ("399198007", "right lateral"),
+    "LATERAL": ("399067008", "lateral"),
+    "LAT": ("399067008", "lateral"),
+}
+
+# SOP classes whose IOD has ViewPosition (0018,5101) with the AP / PA / LL / RL terms: the CR
+# Series module (PS3.3 C.8.1.1) and DX Positioning (C.8.11.5). Mammography's DX Positioning uses
+# other terms (CC, MLO), intra-oral images no such terms, Secondary Capture no ViewPosition at all.
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+TAGGABLE_SOP_CLASSES = frozenset({CR_IMAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING})
+# In DX, View Code Sequence is Type 1 beside ViewPosition: the node writes both (C.8.11.5).
+CODED_VIEW_SOP_CLASSES = frozenset({DX_FOR_PRESENTATION, DX_FOR_PROCESSING})
 
 MODIFYING_EQUIPMENT = ("109103", "DCM", "Modifying Equipment")
 MODIFYING_SYSTEM = f"{SOFTWARE_NAME} {__version__}"
@@ -50,6 +71,16 @@ class TagDecision:
     @property
     def writes(self) -> bool:
         return self.action in ("written", "overwritten")
+
+
+def not_taggable(sop_class_uid: str | None) -> str | None:
+    """Why the node does not classify or tag an instance of this SOP class; None if it does."""
+    uid = (sop_class_uid or "").strip()
+    if uid in TAGGABLE_SOP_CLASSES:
+        return None
+    name = UID(uid).name if uid else "no SOP Class UID"
+    return (f"SOP class {name} ({uid}): its IOD has no ViewPosition with the AP/PA/lateral "
+            "terms (the node writes only CR and DX images); forwarded untouched")
 
 
 def current_view_position(ds: Dataset) -> str | None:
@@ -164,10 +195,20 @@ def apply(
     now = now or datetime.now(timezone.utc)
     stamp = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
 
+    coded = str(ds.get("SOPClassUID", "")) in CODED_VIEW_SOP_CLASSES
     previous = Dataset()
-    # The element as it was, not the view the decision compared with: that may have come from
-    # View Code Sequence while ViewPosition itself was absent (then empty, as PS3.3 records it).
+    # The elements as they were, not the view the decision compared with: that may have come
+    # from View Code Sequence while ViewPosition itself was absent (then empty, as PS3.3
+    # records an attribute that had no value).
     previous.ViewPosition = ds.get("ViewPosition") or ""
+    # DX Positioning (C.8.11.5) is optional in the DX IOD; once the node puts ViewPosition in,
+    # the module is there and its Type 2 Positioner Type must be too (empty: unknown).
+    complete_module = coded and "PositionerType" not in ds
+    if coded:
+        previous.ViewCodeSequence = Sequence(
+            [Dataset(item) for item in ds.get("ViewCodeSequence") or []])
+    if complete_module:
+        previous.PositionerType = ""
     original = Dataset()
     original.ModifiedAttributesSequence = Sequence([previous])
     original.AttributeModificationDateTime = stamp
@@ -179,6 +220,10 @@ def apply(
     ds.OriginalAttributesSequence.append(original)
 
     ds.ViewPosition = decision.after
+    if coded:
+        ds.ViewCodeSequence = Sequence([view_code_item(decision.after)])
+    if complete_module:
+        ds.PositionerType = ""
     ds.InstanceCoercionDateTime = stamp
 
     purpose = Dataset()
@@ -189,8 +234,9 @@ def apply(
     equipment.ManufacturerModelName = SOFTWARE_NAME
     equipment.SoftwareVersions = __version__
     equipment.ContributionDateTime = stamp
+    what = "ViewPosition and View Code Sequence" if coded else "ViewPosition"
     equipment.ContributionDescription = (
-        f"ViewPosition set to {decision.after} by the view classifier "
+        f"{what} set to {decision.after} by the view classifier "
         f"(label {prediction.label}, confidence {prediction.confidence:.3f}"
         + (f"; {decision.reason}" if decision.reason else "") + ")"
     )[:1024]  # ST: up to 1024 characters
@@ -200,6 +246,15 @@ def apply(
 
     if config.private_block:
         write_private_block(ds, prediction, model_sha256, config)
+
+
+def view_code_item(term: str) -> Dataset:
+    """The View Code Sequence item for a ViewPosition term (CID 4010, SNOMED CT)."""
+    value, meaning = CODED_VIEWS[term]
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
+    item.ViewModifierCodeSequence = Sequence()  # Type 2 in DX: present, empty (no modifier)
+    return item
 
 
 def write_private_block(

@@ -29,6 +29,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.identity import set_implementation
 from dicomnode.spool import FAILED, OUTGOING, SENT
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,7 @@ def _as_part10(data: bytes) -> tuple[bytes, dict[str, str]]:
     if data[128:132] != b"DICM" or not transfer_syntax:
         full = pydicom.dcmread(io.BytesIO(data), force=True)
         buffer = io.BytesIO()
+        set_implementation(full.file_meta)  # the node writes this file's meta
         full.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
         transfer_syntax = str(full.file_meta.TransferSyntaxUID)

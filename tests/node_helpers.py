@@ -158,8 +158,9 @@ class Orthanc:
     """Orthanc 1.10 in a temporary folder. It listens on every interface, so run it only inside a
     private network namespace (`make test` runs pytest inside `unshare -n`)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **settings: Any) -> None:
         self.workdir = workdir
+        self.settings = settings  # more Orthanc configuration (AcceptedTransferSyntaxes, ...)
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -181,6 +182,7 @@ class Orthanc:
             "Plugins": [],
             "HttpServerEnabled": True,
             "DicomServerEnabled": True,
+            **self.settings,
         }
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config))
@@ -320,6 +322,19 @@ def without_view_position(source: Path, target: Path) -> Path:
     ds = pydicom.dcmread(source)
     if "ViewPosition" in ds:
         del ds.ViewPosition
+    ds.save_as(target)
+    return target
+
+
+def as_cr_image(source: Path, target: Path) -> Path:
+    """A real film stored as Secondary Capture (the reference chest files are), re-filed as the
+    CR image a modality would send: SOP class and SOP Instance UID new, all else as it was."""
+    import pydicom
+    from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(target)
     return target
 

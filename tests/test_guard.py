@@ -13,6 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -227,6 +228,8 @@ def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_
 
     aborts = pydicom.dcmread(CORPUS / "SC__SC_rgb_jpeg_gdcm.dcm")
     aborts.Modality, aborts.BitsStored = "CR", 7  # GDCM: SIGABRT in the decoder
+    # filed as a CR image: the node decodes only the SOP classes it may tag
+    aborts.SOPClassUID = aborts.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     aborts.SOPInstanceUID = generate_uid()
     aborts.file_meta.MediaStorageSOPInstanceUID = aborts.SOPInstanceUID
     aborts_path = tmp_path / "aborts.dcm"
@@ -234,6 +237,7 @@ def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_
 
     bomb = _image_dataset(16, 16, DeflatedExplicitVRLittleEndian, b"\0" * 256)
     bomb.Modality = "CR"
+    bomb.SOPClassUID = bomb.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     bomb.add_new((0x0009, 0x0010), "LO", "DICOMNODE TEST")
     bomb.add_new((0x0009, 0x1000), "OB", b"\0" * (24 * MiB))
     bomb_path = tmp_path / "bomb.dcm"

@@ -115,7 +115,8 @@ def test_storescu_to_node_to_orthanc_and_scp(
     assert at_orthanc.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert at_orthanc.PixelData == lateral_ds.PixelData
 
-    # Both PA chests (same SOP Instance UID, MONOCHROME2 and 1): PA kept, nothing written.
+    # Both PA chests (same SOP Instance UID, MONOCHROME2 and 1) are Secondary Capture: an IOD
+    # without ViewPosition, so never classified or written, whatever their Modality says.
     pa_uid = pydicom.dcmread(CHEST_PA, stop_before_pixels=True).SOPInstanceUID
     pa_received = [r for r in recording_scp.received if r.sop_instance_uid == pa_uid]
     assert len(pa_received) == 2
@@ -126,10 +127,13 @@ def test_storescu_to_node_to_orthanc_and_scp(
 
     rows = instance_rows(node)
     want = [(expected[p.name]["node"]["action"], expected[p.name]["node"]["before"],
-             expected[p.name]["node"]["after"], expected[p.name]["label"]) for p in sent]
+             expected[p.name]["node"]["after"],
+             None if expected[p.name]["node"]["action"] == "skipped" else expected[p.name]["label"])
+            for p in sent]  # a skipped instance is not classified: no label in the log
     assert [(r.action, r.view_position_before, r.view_position_after, r.label)
             for r in rows] == want
-    assert {r.action for r in rows[2:]} <= {"agrees", "disagrees", "uncertain"}
+    assert {r.action for r in rows[2:]} == {"skipped"} and {r.label for r in rows[2:]} == {None}
+    assert all("Secondary Capture" in r.decision_reason for r in rows[2:])
     first = rows[0]
     assert first.sop_instance_uid == original.SOPInstanceUID
     assert first.study_instance_uid == original.StudyInstanceUID
@@ -138,7 +142,7 @@ def test_storescu_to_node_to_orthanc_and_scp(
     assert first.transfer_syntax_uid == JPEG2000Lossless
     assert (first.calling_ae, first.called_ae) == ("MODALITY", "DICOMNODE")
     assert first.model_sha256 == model_sha256
-    for row, path in zip(rows, sent, strict=True):
+    for row, path in zip(rows[:2], sent[:2], strict=True):  # the two classified ones
         probabilities = expected[path.name]["probabilities"]
         stored = {"AP": row.probability_ap, "PA": row.probability_pa, "LAT": row.probability_la,
                   "OTHER": row.probability_other}

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.node_helpers import storescu
+from tests.node_helpers import as_cr_image, storescu
 from tests.shared_data import CHEST_PA
 
 
@@ -27,7 +27,8 @@ def test_node_serves_the_auditor_view_and_purges_by_retention(start_node, tmp_pa
         web={"enabled": True, "port": web_port},
         log={"retention_days": 30},
     )
-    assert storescu(node.port, CHEST_PA, options=("-xy",)).returncode == 0  # JPEG baseline
+    chest_cr = as_cr_image(CHEST_PA, tmp_path / "chest-cr.dcm")
+    assert storescu(node.port, chest_cr, options=("-xy",)).returncode == 0  # JPEG baseline
     assert node.wait_idle(60)
 
     study_uid = str(pydicom.dcmread(CHEST_PA, stop_before_pixels=True).StudyInstanceUID)

@@ -15,8 +15,9 @@ from dicomnode import queue_ops
 from dicomnode.cli import app
 from dicomnode.config import RetryPolicy
 from dicomnode.diskguard import DiskGuard
-from dicomnode.forward import Forwarder, backoff_s, classify_status
+from dicomnode.forward import Forwarder, backoff_s
 from dicomnode.metrics import NodeMetrics
+from dicomnode.send import classify_status
 from dicomnode.spool import FAILED, OUTGOING, SENT, Spool
 from tests.node_helpers import forward_rows, free_port, send_files
 from tests.shared_data import SHARED
