@@ -242,6 +242,9 @@ def node_config(
         "log": {"url": f"sqlite:///{workdir / 'node-log.sqlite3'}"},
         "classify": classify,
         "destinations": destinations,
+        # Without a sink (the classifier benchmark) images are dropped on purpose; the node
+        # refuses a config that would send them nowhere without saying so.
+        "routing": {"default": {"action": "forward" if destinations else "discard"}},
     }
 
 

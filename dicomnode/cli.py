@@ -18,17 +18,12 @@ import typer
 
 from dicomnode.cli_queue import queue_app
 from dicomnode.cli_rules import rules_app
-from dicomnode.config import (
-    ConfigError,
-    DicomDestination,
-    FolderDestination,
-    NodeConfig,
-    load_config,
-)
+from dicomnode.config import ConfigError, DicomDestination, FolderDestination, NodeConfig
+from dicomnode.config_file import load_config
 from dicomnode.logdb.cli import log_app
 
 app = typer.Typer(
-    help="dicomnode: an edge DICOM node that tags X-ray views (frontal AP / lateral).",
+    help="dicomnode: an edge DICOM node that tags X-ray views (AP, PA, lateral, or abstains).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -130,9 +125,13 @@ def serve(
     try:
         stop.wait()
     finally:
+        typer.echo("dicomnode: stopping: no new associations; finishing the images in hand",
+                   err=True)  # fmt: skip
         if watcher is not None:
             watcher.stop()
         node.stop()
+        typer.echo("dicomnode: stopped; what was not finished stays in the spool for the next "
+                   "start", err=True)  # fmt: skip
 
 
 @app.command()
@@ -295,12 +294,18 @@ def health(
     min_free_mib: Annotated[
         float, typer.Option("--min-free-mib", help="unhealthy below this free space on the spool")
     ] = 512.0,
+    max_failing_min: Annotated[
+        float, typer.Option("--max-failing-min",
+                            help="unhealthy when a destination has failed this long")
+    ] = 10.0,
 ) -> None:
-    """Check the running node: C-ECHO its listener (TLS when configured), the log database and
-    the spool's free space. One line; exit 0 when healthy, 1 when not (systemd, Docker)."""
+    """Check the running node: C-ECHO its listener (TLS when configured), the log database,
+    the spool's free space, and each destination (reachable, queue, oldest waiting, failing
+    for how long). One line; exit 0 when healthy, 1 when not (systemd, Docker)."""
     from dicomnode.health import check_health
 
-    report = check_health(_load(config), timeout, int(min_free_mib * 1024 * 1024))
+    report = check_health(_load(config), timeout, int(min_free_mib * 1024 * 1024),
+                          max_failing_min * 60.0)  # fmt: skip
     typer.echo(report.line)
     raise typer.Exit(0 if report.ok else 1)
 

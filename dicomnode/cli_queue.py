@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from dicomnode import queue_ops
-from dicomnode.config import ConfigError, load_config
+from dicomnode.config import ConfigError
+from dicomnode.config_file import load_config
 from dicomnode.spool import FAILED, OUTGOING, SENT, Spool
 
 queue_app = typer.Typer(help="List, retry and purge queued images.", no_args_is_help=True)

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.config import ConfigError, NodeConfig, load_config
+from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.config_file import load_config
 
 rules_app = typer.Typer(help="Check routing rules and try them on files.", no_args_is_help=True)
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -29,6 +27,7 @@ from dicomnode.hardening import (
     TLSConfig,
     validate_allowed_callers,
 )
+from dicomnode.security import MIN_SECRET_LENGTH
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "dicomnode.yaml"
 
@@ -69,7 +68,24 @@ class ReceiveConfig(_Strict):
     max_associations: int = Field(32, ge=1, le=1000)
     # [AE, ...] or {AE: [address or network, ...] | null}; unset: any calling AE may associate.
     allowed_callers: AllowedCallers = None
+    # With an allow-list: the node's own AE title calling from 127.0.0.0/8 or ::1 (what
+    # `dicomnode health` does) is admitted without being listed; false: list it yourself.
+    admit_own_ae_from_loopback: bool = True
     tls: TLSConfig | None = None  # DICOM TLS on the listening port (no plain-TCP fallback)
+
+    @field_validator("allowed_callers", mode="before")
+    @classmethod
+    def _callers_shape(cls, value: Any) -> Any:
+        """One plain message for a wrong shape, not one per member of the union type."""
+        def strings(items: Any) -> bool:
+            return isinstance(items, list) and all(isinstance(i, str) for i in items)
+
+        if value is None or strings(value) or (isinstance(value, dict) and all(
+                isinstance(k, str) and (v is None or strings(v)) for k, v in value.items())):
+            return value
+        raise ValueError("expected a list of calling AE titles ([CT1, CR2]), or a mapping of "
+                         "AE title to the addresses or networks it may call from ({CR2: "
+                         "[10.1.2.0/24]}; null: any address)")
 
     @field_validator("allowed_callers")
     @classmethod
@@ -79,6 +95,13 @@ class ReceiveConfig(_Strict):
 
 class SpoolConfig(_Strict):
     path: Path = Path("var/spool")
+    # sent/ keeps a copy of each delivered image (for `queue retry`, audits, a PACS that lost
+    # one). Purged by age (never kept longer than log.retention_days when that is set), by total
+    # size, and oldest first whenever free space falls under twice disk.min_free_mb, so these
+    # copies can never be what fills the disk. failed/ is kept until an operator acts.
+    sent_retention_days: float = Field(7.0, ge=0.0)
+    sent_max_mb: float = Field(10_240.0, ge=0.0)
+    retention_interval_s: float = Field(300.0, gt=0.0)
 
 
 class ClassifyConfig(_Strict):
@@ -156,11 +179,30 @@ class TagConfig(_Strict):
         return value
 
 
+# Salts seen in examples and tutorials: as good as none.
+PLACEHOLDER_SALTS = frozenset({"change-me", "changeme", "change-me-please", "salt", "secret",
+                               "example", "example-salt", "your-salt-here", "replace-me",
+                               "please-change-this-salt", "change-this-secret-salt"})
+
+
 class LogConfig(_Strict):
     url: str = "sqlite:///var/dicomnode.sqlite3"
     patient_id: Literal["plain", "hash", "omit"] = "plain"
     patient_id_salt: str = ""
     retention_days: float | None = Field(None, ge=0)  # rows older than this are purged; None: keep
+
+    @model_validator(mode="after")
+    def _hash_needs_a_secret_salt(self) -> LogConfig:
+        salt = self.patient_id_salt.strip()
+        if self.patient_id == "hash" and (
+                len(salt) < MIN_SECRET_LENGTH or salt.lower() in PLACEHOLDER_SALTS
+                or len(set(salt)) < 4):
+            raise ValueError(
+                f"patient_id: hash needs patient_id_salt: a secret of at least "
+                f"{MIN_SECRET_LENGTH} characters, not a placeholder (make one with python -c "
+                "'import secrets; print(secrets.token_hex(16))'); with a guessable salt anyone "
+                "can hash every likely patient ID and read the log's hashes back")
+        return self
 
 
 class WebConfig(_Strict):
@@ -174,8 +216,9 @@ class WebConfig(_Strict):
     @field_validator("token")
     @classmethod
     def _token_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and len(value) < 16:
-            raise ValueError("token must be at least 16 characters (or leave it out)")
+        if value is not None and len(value) < MIN_SECRET_LENGTH:
+            raise ValueError(f"token must be at least {MIN_SECRET_LENGTH} characters (or leave "
+                             "it out)")
         return value
 
     @model_validator(mode="after")
@@ -446,109 +489,3 @@ class NodeConfig(_Strict):
             if dest.name == name:
                 return dest
         raise KeyError(name)
-
-
-def _without_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union-member tags: ('destinations', 1, 'dicom', 'port') -> (…, 1, 'port')."""
-    tags = {"dicom", "folder"}
-    return tuple(
-        part
-        for i, part in enumerate(loc)
-        if not (i and isinstance(loc[i - 1], int) and part in tags)
-    )
-
-
-def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """Walk the composed YAML tree along a pydantic error location; the deepest node found."""
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == part), None)
-            if child is None:  # the key itself is wrong (extra key) or missing: point at the key
-                key = next((k for k, _ in node.value if k.value == part), None)
-                return key or node
-            node = child
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return node
-            node = node.value[part]
-        else:
-            return node
-    return node
-
-
-def _rule_named(loc: tuple[Any, ...], data: Any) -> str:
-    """' (rule "name")' for an error inside routing.rules[i], so the operator finds the rule."""
-    if len(loc) >= 3 and loc[:2] == ("routing", "rules") and isinstance(loc[2], int):
-        try:
-            return f' (rule "{data["routing"]["rules"][loc[2]]["name"]}")'
-        except (KeyError, IndexError, TypeError):
-            return ""
-    return ""
-
-
-def _describe(error: dict[str, Any], root: yaml.Node | None, source: str, data: Any = None) -> str:
-    loc = _without_union_tags(tuple(error["loc"]))
-    key = (".".join(str(p) for p in loc) or "(top level)") + _rule_named(loc, data)
-    # a wrong or missing `type:` is reported on the list item; point at the type key instead
-    node = _node_at(root, (*loc, "type") if error["type"].startswith("union_tag") else loc)
-    where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    if error["type"] == "missing":
-        message = "required key is missing"
-    expected = error.get("ctx", {}).get("expected")
-    valid = f" (valid: {expected})" if expected and expected not in message else ""
-    return f"{where}: {key}: {message}{valid}"
-
-
-def parse_config(text: str, source: str = "<config>") -> NodeConfig:
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the top level must be a mapping of sections")
-    try:
-        config = NodeConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [_describe(e, root, source, data) for e in exc.errors()]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
-    problems = _cross_check(config)
-    if problems:
-        lines = [
-            _describe({"loc": loc, "msg": msg, "type": "value_error"}, root, source, data)
-            for loc, msg in problems
-        ]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    return config
-
-
-def _cross_check(config: NodeConfig) -> list[tuple[tuple[Any, ...], str]]:
-    """What one section cannot check alone: rules naming destinations that do not exist."""
-    known = [d.name for d in config.destinations]
-    valid = ", ".join(known) or "no destinations are configured"
-    problems = []
-    for i, rule in enumerate(config.routing.rules):
-        for j, name in enumerate(rule.destinations):
-            if name not in known:
-                loc = ("routing", "rules", i, "destinations", j)
-                problems.append((loc, f"unknown destination {name!r} (valid: {valid})"))
-    for j, name in enumerate(config.routing.default.destinations or []):
-        if name not in known:
-            loc = ("routing", "default", "destinations", j)
-            problems.append((loc, f"unknown destination {name!r} (valid: {valid})"))
-    return problems
-
-
-def load_config(path: Path | str | None = None) -> NodeConfig:
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    return parse_config(text, str(path))

@@ -48,6 +48,7 @@ class ForwardLog(Protocol):
         detail: str,
         attempt: int,
         at: datetime,
+        decision_key: str | None = None,
     ) -> Any: ...
 
 
@@ -170,6 +171,7 @@ class Forwarder(threading.Thread):
                 meta["failed_at"] = time.time()
                 self.spool.mark_failed(self.dest.name, name, meta)
             else:
+                meta.setdefault("failing_since", meta["last_attempt_at"])  # for `health`
                 delay = backoff_s(self.policy,
                                   image_failures if delivery.scope == "image" else attempt)
                 meta["next_attempt_at"] = time.time() + delay
@@ -206,6 +208,7 @@ class Forwarder(threading.Thread):
             self.forward_log.record_forward(
                 meta.get("instance_id"), sop_uid, self.dest.name, delivery.outcome,
                 delivery.status, delivery.detail, attempt, datetime.now(timezone.utc),
+                decision_key=meta.get("name"),  # links the decision when it was journaled
             )  # fmt: skip
         except Exception:  # the image must still move on; the log error is visible in the node log
             log.exception("could not log the forward of %s to %s", sop_uid, self.dest.name)

@@ -98,14 +98,17 @@ LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
 
 
 def access_policy(receive_config: Any) -> AccessPolicy:
-    """The node's own AE title is always the called AE checked. When an allow-list is set, the
-    node's own AE title calling from loopback is admitted too, so `dicomnode health` works."""
+    """The node's own AE title is always the called AE checked. When an allow-list is set and
+    `receive.admit_own_ae_from_loopback` is true (the default, documented), the node's own AE
+    title calling from loopback is admitted too, so `dicomnode health` works; false: only what
+    the list names."""
     callers = receive_config.allowed_callers
     if callers:
         if isinstance(callers, list):
             callers = {title: None for title in callers}
         callers = dict(callers)
-        callers.setdefault(receive_config.ae_title, LOOPBACK_NETWORKS)
+        if getattr(receive_config, "admit_own_ae_from_loopback", True):
+            callers.setdefault(receive_config.ae_title, LOOPBACK_NETWORKS)
     return AccessPolicy.from_settings(receive_config.ae_title, callers)
 
 

@@ -1,8 +1,9 @@
 """`dicomnode health`: one line and an exit code for systemd, Docker HEALTHCHECK and monitoring.
 
 Healthy means: the node answers C-ECHO on its own listener (over TLS when configured), the spool's
-file system has room, and the log database answers. The line also says what is queued and
-failed, so a glance shows a stuck destination without failing the check for it.
+file system has room, the log database answers, and no destination has been failing (the head
+of its queue not delivered) for longer than --max-failing-min. The line also says, per
+destination, whether it answers C-ECHO, how many images wait and for how long.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 DEFAULT_MIN_FREE_BYTES = 512 * MiB
+DEFAULT_MAX_FAILING_S = 600.0  # a destination failing this long makes the node unhealthy
 
 
 @dataclass
@@ -119,8 +121,80 @@ def _log_database(config: Any, timeout: float) -> tuple[str | None, str | None]:
     return f"log {backend} ok", None
 
 
+def _destinations(config: Any, timeout: float, max_failing_s: float,
+                  now: float | None = None) -> tuple[list[str], list[str]]:
+    """Per destination: reachable (C-ECHO, DICOM only), queue depth, oldest waiting; a problem
+    when the head of its queue has been failing for longer than max_failing_s."""
+    from dicomnode.spool import OUTGOING, Spool
+
+    now = time.time() if now is None else now
+    spool = Spool(config.spool.path)
+    facts, problems = [], []
+    for dest in config.destinations:
+        names = spool.names(OUTGOING, dest.name) if spool.root.is_dir() else []
+        parts = []
+        if getattr(dest, "type", "") == "dicom":
+            reached, _ = _echo_peer(dest, min(timeout, 5.0))
+            parts.append("reachable" if reached else "unreachable")
+        parts.append(f"queue {len(names)}")
+        head = spool.read_meta(spool.dir(OUTGOING, dest.name) / f"{names[0]}.dcm") if names \
+            else {}  # fmt: skip
+        if names:
+            try:
+                oldest = (spool.dir(OUTGOING, dest.name) / f"{names[0]}.dcm").stat().st_mtime
+                parts.append(f"oldest waiting {now - oldest:.0f} s")
+            except OSError:
+                pass
+        facts.append(f"{dest.name}: " + ", ".join(parts))
+        since = head.get("failing_since")
+        if since is not None and now - float(since) > max_failing_s:
+            problems.append(f"destination {dest.name} failing for {now - float(since):.0f} s "
+                            f"(> {max_failing_s:.0f} s): {head.get('last_detail', '')}")
+    return facts, problems
+
+
+def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
+    """Log events waiting in the spool for the database (an outage, or its catch-up)."""
+    from dicomnode.spool import JOURNAL
+
+    folder = Path(config.spool.path) / JOURNAL
+    waiting = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    rejected = list((folder / "rejected").glob("*.json")) if folder.is_dir() else []
+    facts, problems = [], []
+    if waiting:
+        age = time.time() - waiting[0].stat().st_mtime
+        line = f"log journal: {len(waiting)} events not yet in the database (oldest {age:.0f} s)"
+        (problems if age > max_failing_s else facts).append(line)
+    if rejected:
+        problems.append(f"log journal: {len(rejected)} events refused by the database, kept in "
+                        f"{folder / 'rejected'}")
+    return facts, problems
+
+
+def _echo_peer(dest: Any, timeout: float) -> tuple[bool, str]:
+    from dicomnode.hardening import destination_tls_args
+    from dicomnode.identity import node_ae
+
+    ae = node_ae(dest.calling_ae_title or "DICOMNODE")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context("1.2.840.10008.1.1")
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             tls_args=destination_tls_args(dest))  # fmt: skip
+    except Exception as exc:
+        return False, str(exc)
+    if not assoc.is_established:
+        return False, "no association"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    return "Status" in status and int(status.Status) == 0, ""
+
+
 def check_health(
-    config: Any, timeout: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    config: Any, timeout: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    max_failing_s: float = DEFAULT_MAX_FAILING_S,
 ) -> HealthReport:
     report = HealthReport()
     for fact, problem in (_echo(config, timeout), _log_database(config, timeout)):
@@ -128,7 +202,9 @@ def check_health(
             report.facts.append(fact)
         if problem:
             report.problems.append(problem)
-    facts, problems = _spool(config, min_free_bytes)
-    report.facts.extend(facts)
-    report.problems.extend(problems)
+    for facts, problems in (_spool(config, min_free_bytes),
+                            _destinations(config, timeout, max_failing_s),
+                            _journal(config, max_failing_s)):
+        report.facts.extend(facts)
+        report.problems.extend(problems)
     return report

@@ -123,6 +123,23 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.spool_purged = Counter(
+            "dicomnode_spool_purged",
+            "sent/ copies purged by spool retention, by reason (age, size, disk)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.log_pending = Gauge(
+            "dicomnode_log_pending",
+            "Decisions and delivery attempts journaled in the spool, not yet in the log database",
+            registry=self.registry,
+        )
+        self.log_database_up = Gauge(
+            "dicomnode_log_database_up",
+            "1 while the log database takes writes, 0 during an outage (events are journaled)",
+            registry=self.registry,
+        )
+        self.log_database_up.set(1)
         self.disk_low = Gauge(
             "dicomnode_disk_low",
             "1 while the spool's free space is below the configured floor (images refused)",
@@ -130,6 +147,10 @@ class NodeMetrics:
         )
         self._gauges = _CallbackGauges(queue_depth, disk_paths or {})
         self.registry.register(self._gauges)
+
+    def log_journal_changed(self, pending: int, database_up: bool) -> None:
+        self.log_pending.set(pending)
+        self.log_database_up.set(1 if database_up else 0)
 
     def set_queue_depth_source(self, source: Callable[[], Mapping[str, int]]) -> None:
         self._gauges.queue_depth = source
@@ -196,9 +217,13 @@ class MetricsServer:
                 "metrics endpoint bound to %s: reachable beyond this machine, without auth",
                 self.host,
             )
-        self._server, self._thread = start_http_server(
-            self.port, addr=self.host, registry=self.metrics.registry
-        )
+        try:
+            self._server, self._thread = start_http_server(
+                self.port, addr=self.host, registry=self.metrics.registry
+            )
+        except OSError as exc:  # name the listener: the node has several
+            raise OSError(f"metrics listener (metrics.host/port) cannot bind {self.host}:"
+                          f"{self.port}: {exc.strerror or exc}") from None
         host, port = self._server.server_address[:2]
         LOGGER.info("metrics on http://%s:%d/metrics", host, port)
         return host, port

@@ -13,13 +13,16 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from dicomnode.classify import DEFAULT_MODELS_DIR, ModelError, ViewClassifier, load_manifest
-from dicomnode.config import NodeConfig
+from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.config_file import delivery_gap
 from dicomnode.diskguard import DiskGuard
 from dicomnode.forward import Forwarder
+from dicomnode.log_journal import LogJournal
 from dicomnode.metrics import MetricsServer, NodeMetrics, attach_to_node
 from dicomnode.pipeline import Pipeline
 from dicomnode.receive import Receiver
-from dicomnode.spool import OUTGOING, Spool
+from dicomnode.spool import JOURNAL, OUTGOING, TMP, Spool
+from dicomnode.spool_retention import SpoolRetention
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class Node:
         self.receiver: Receiver | None = None
         self.metrics = NodeMetrics()  # counted always; served only when metrics.enabled
         self.metrics_server: MetricsServer | None = None
+        self.spool_retention: SpoolRetention | None = None
+        self.journal: LogJournal | None = None
         self.inbox: Any = None  # dicomnode.watch.InboxWatcher when config.inbox.path is set
         self.web: Any = None  # dicomnode.logdb.web.WebServer when web.enabled
         self.retention: Any = None  # dicomnode.logdb.retention.RetentionWorker when configured
@@ -65,18 +70,26 @@ class Node:
         return self
 
     def _start(self) -> None:
+        gap = delivery_gap(self.config)
+        if gap is not None:  # before a port opens: nothing may be acknowledged into nowhere
+            raise ConfigError(f"refusing to start: {gap}")
+        self.spool.lock()  # before ensure(), which clears tmp/: that may be another node's
         names = [d.name for d in self.config.destinations]
         self.spool.ensure(names)
         if self.log_store is None:
             self.log_store = open_log_store(self.config.log.url)
+        self.journal = LogJournal(
+            self.log_store, self.spool.dir(JOURNAL), self.spool.dir(TMP),
+            on_change=self.metrics.log_journal_changed,
+        ).start()  # fmt: skip
         for dest in self.config.destinations:
             self.forwarders[dest.name] = Forwarder(
-                dest, self.spool, self.log_store, self.config.receive.ae_title
+                dest, self.spool, self.journal, self.config.receive.ae_title
             )
         self.pipeline = Pipeline(
             self.config,
             self.spool,
-            self.log_store,
+            self.journal,
             on_dispatched=self._wake_forwarders,
             classifier_factory=self._classifier,
         )
@@ -96,7 +109,14 @@ class Node:
                 self.config.inbox.settle_s,
             ).start()  # fmt: skip
         self.metrics_server = attach_to_node(self)
+        self.spool_retention = SpoolRetention(
+            self.spool, lambda: self.config,
+            on_purged=lambda reason, n: self.metrics.spool_purged.labels(reason).inc(n),
+        ).start()  # fmt: skip
         self._start_log_services()
+        host, port = self.receiver.address
+        # Only now, with every listener bound and every worker up: "listening" means it.
+        log.info("listening as %s on %s:%d", self.config.receive.ae_title, host, port)
 
     def _start_log_services(self) -> None:
         """The auditor web view and log retention, each only when configured."""
@@ -152,10 +172,10 @@ class Node:
 
     def stop(self) -> None:
         # Reverse order: stop accepting, let workers finish the file in hand, then forwarders.
-        for service in (self.web, self.retention):
+        for service in (self.web, self.retention, self.spool_retention):
             if service is not None:
                 service.stop()
-        self.web = self.retention = None
+        self.web = self.retention = self.spool_retention = None
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
@@ -172,9 +192,13 @@ class Node:
             if forwarder.is_alive():
                 forwarder.stop()
         self.forwarders.clear()
+        if self.journal is not None:  # after the forwarders: their last attempts go in too
+            self.journal.stop()
+            self.journal = None
         if self._own_store and self.log_store is not None:
             self.log_store.close()
             self.log_store = None
+        self.spool.unlock()
 
     def __enter__(self) -> Node:
         return self.start()

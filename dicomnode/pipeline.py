@@ -188,6 +188,7 @@ class Pipeline:
             transfer_syntax_uid=meta.get("transfer_syntax_uid"),
             action="skipped",
             spool_path=str(path),
+            decision_key=name,
         )
         payload = path
         ds: Dataset | None = None
@@ -226,6 +227,7 @@ class Pipeline:
                 log.exception("could not log %s", entry.sop_instance_uid)
         meta = {**meta, "instance_id": instance_id, "action": entry.action}
         self.spool.dispatch(name, payload, decision.destinations, meta)
+        log_image_line(entry, decision)
         self.on_dispatched(decision.destinations)
         return entry
 
@@ -288,6 +290,19 @@ class Pipeline:
             return path
         entry.view_position_after = decision.after
         return tagged
+
+
+def log_image_line(entry: InstanceLogEntry, decision: routing.RoutingDecision) -> None:
+    """The operator's one line per image; an image routed nowhere is a WARNING unless a rule
+    discarded it on purpose (a config that could do that is refused at start and reload)."""
+    where = ", ".join(decision.destinations)
+    if not where:
+        where = (f"discarded by {decision.rules[-1]}" if decision.action == "discard"
+                 else "NOWHERE")
+    level = logging.WARNING if where == "NOWHERE" else logging.INFO
+    log.log(level, "%s from %s: %s%s -> %s (%.0f ms)", entry.sop_instance_uid, entry.calling_ae,
+            entry.action, f" {entry.view_position_after}" if entry.view_position_after else "",
+            where, entry.processing_ms or 0.0)
 
 
 def record_prediction(entry: InstanceLogEntry, prediction: Prediction, sha256: str) -> None:

@@ -7,6 +7,7 @@ on the pipeline's worker threads, so a modality never waits on the AI.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -76,14 +77,20 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             *security_handlers,
         ]
-        self._server = self.ae.start_server(
-            (self.config.host, self.config.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=ssl_context,
-        )
+        try:
+            self._server = self.ae.start_server(
+                (self.config.host, self.config.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=ssl_context,
+            )
+        except OSError as exc:  # name the listener: the node has several
+            raise ListenerError(
+                f"DICOM listener (receive.host/port) cannot bind {self.config.host}:"
+                f"{self.config.port}: {exc.strerror or exc}"
+                + (" (another program, or another dicomnode, listens there)"
+                   if exc.errno == errno.EADDRINUSE else "")) from None
         host, port = self._server.server_address[:2]
-        log.info("listening as %s on %s:%d", self.config.ae_title, host, port)
         return host, port
 
     @property
@@ -128,6 +135,10 @@ class Receiver:
         except Exception:  # the spool has it; the worker's start-up scan will find it
             log.exception("could not notify the pipeline of %s", path.name)
         return STATUS_SUCCESS
+
+
+class ListenerError(OSError):
+    """A listener could not bind: names which one, and where."""
 
 
 def encoded_file(event: evt.Event) -> bytes:

@@ -33,6 +33,9 @@ REASON_LOCAL_LIMIT_EXCEEDED = 0x02  # with SOURCE_SERVICE_PROVIDER_PRESENTATION
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# One minimum for every secret that guards patient data (web token, patient-ID salt).
+MIN_SECRET_LENGTH = 16
+
 class SecurityConfigError(ValueError):
     """An access-control or TLS setting cannot be used (names the setting and what is valid)."""
 

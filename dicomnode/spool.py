@@ -14,6 +14,7 @@ a reader that keys on *.dcm never sees a partial file. An operator can `ls` wher
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from typing import Any
 INCOMING, PROCESSING, OUTGOING, SENT, FAILED, TMP = (
     "incoming", "processing", "outgoing", "sent", "failed", "tmp",
 )  # fmt: skip
+JOURNAL = "journal"  # log events waiting for the database (dicomnode.log_journal)
 PIPELINE_FAILED = "_pipeline"  # failed/<this>/: instances the pipeline itself could not handle
 
 
@@ -54,8 +56,16 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     _fsync_dir(path.parent)
 
 
+LOCK_FILE = ".lock"  # held (flock) by the one node that owns this spool; holds its PID
+
+
+class SpoolInUse(RuntimeError):
+    """Another node holds this spool: two nodes would move each other's files."""
+
+
 class Spool:
     def __init__(self, root: Path | str) -> None:
+        self._lock_fd: int | None = None
         self.root = Path(root)
         self._sequence = itertools.count()
         self._sequence_lock = threading.Lock()
@@ -63,6 +73,29 @@ class Spool:
     # -- layout -------------------------------------------------------------------------------
     def dir(self, state: str, destination: str | None = None) -> Path:
         return self.root / state / destination if destination else self.root / state
+
+    def lock(self) -> None:
+        """Take the spool for this process (an exclusive flock, released when the process
+        ends, even by SIGKILL); SpoolInUse names the holder's PID if another node has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolInUse(
+                f"spool {self.root} is in use by another dicomnode (PID {holder}); one node "
+                "per spool: give this one its own spool.path") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def ensure(self, destinations: list[str] = ()) -> None:  # type: ignore[assignment]
         for state in (INCOMING, PROCESSING, TMP):

@@ -29,6 +29,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.config_file import delivery_gap
 from dicomnode.identity import set_implementation
 from dicomnode.spool import FAILED, OUTGOING, SENT
 
@@ -120,6 +121,11 @@ class ConfigWatcher:
             return False
         try:
             self.apply(config)
+        except ConfigError as exc:  # apply_config refused it: the old config stays, as it was
+            self.refusals += 1
+            self.last_error = str(exc)
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return False
         except Exception as exc:
             self.refusals += 1
             self.last_error = str(exc)
@@ -277,6 +283,22 @@ def _as_part10(data: bytes) -> tuple[bytes, dict[str, str]]:
     return data, meta
 
 
+def reload_refusal(node: Any, new: NodeConfig) -> str | None:
+    """Why a new config must not replace the running one: it would acknowledge images into
+    nowhere, or drop a destination that still has images queued for it."""
+    gap = delivery_gap(new)
+    if gap is not None:
+        return gap
+    kept = {d.name for d in new.destinations}
+    for dest in node.config.destinations:
+        queued = len(node.spool.names(OUTGOING, dest.name))
+        if dest.name not in kept and queued:
+            return (f"destination {dest.name!r} is not in the new config but {queued} image(s) "
+                    f"wait in outgoing/{dest.name}/: keep it until they are delivered, or move "
+                    f"them (`dicomnode queue list --dest {dest.name}`)")
+    return None
+
+
 def apply_config(node: Any, new: NodeConfig) -> None:
     """Swap a running node's config: routing/tag/classify settings apply to the next image; the
     disk floor at once; destinations added, removed or changed get their forwarders started,
@@ -284,6 +306,9 @@ def apply_config(node: Any, new: NodeConfig) -> None:
     from dicomnode.forward import Forwarder
 
     old: NodeConfig = node.config
+    refusal = reload_refusal(node, new)
+    if refusal is not None:
+        raise ConfigError(refusal)
     if new.receive != old.receive:
         log.warning("config reload: receive settings changed; they apply after a restart")
     if new.spool != old.spool:
@@ -305,6 +330,7 @@ def apply_config(node: Any, new: NodeConfig) -> None:
         guard.min_free_bytes = int(new.disk.min_free_mb * 1024 * 1024)
     for name, dest in new_dests.items():
         if name not in node.forwarders:
-            forwarder = Forwarder(dest, node.spool, node.log_store, new.receive.ae_title)
+            forwarder = Forwarder(dest, node.spool, node.journal or node.log_store,
+                                  new.receive.ae_title)
             node.forwarders[name] = forwarder
             forwarder.start()

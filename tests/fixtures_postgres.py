@@ -54,6 +54,21 @@ class PostgresServer:
     port: int
     user: str
     _names: Iterator[int]
+    data: Path | None = None
+    options: str = ""
+    logfile: Path | None = None
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), as an outage would."""
+        assert self.data is not None
+        subprocess.run(as_server_user([pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast",
+                                       "-w", "stop"]), check=True, capture_output=True)
+
+    def start(self) -> None:
+        assert self.data is not None and self.logfile is not None
+        subprocess.run(as_server_user([pg_binary("pg_ctl"), "-D", str(self.data), "-l",
+                                       str(self.logfile), "-o", self.options, "-w", "-t", "60",
+                                       "start"]), check=True, capture_output=True)
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
@@ -109,7 +124,7 @@ def running_postgres(extra_options: str = "") -> Iterator[PostgresServer]:
             capture_output=True,
         )
         started = True
-        yield PostgresServer("127.0.0.1", port, user, itertools.count(1))
+        yield PostgresServer("127.0.0.1", port, user, itertools.count(1), data, options, logfile)
     finally:
         if started:
             subprocess.run(

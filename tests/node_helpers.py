@@ -378,3 +378,8 @@ def jpeg_as_dicom(jpeg: Path, target: Path, modality: str = "CR") -> Path:
     ds["PixelData"].VR = "OB"
     ds.save_as(target, enforce_file_format=True)
     return target
+
+
+# Routing for a node without destinations (receive-side tests): unmatched images are dropped on
+# purpose; without it the node refuses to start (it would acknowledge images into nowhere).
+DISCARD_UNMATCHED = {"default": {"action": "discard"}}

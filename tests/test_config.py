@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.cli import apply_overrides
-from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError
+from dicomnode.config_file import load_config, parse_config
 
 
 def test_embedded_defaults():
@@ -96,3 +97,31 @@ def test_command_line_overrides_the_file(tmp_path: Path):
     assert [(d.name, str(d.path)) for d in config.destinations] == [
         ("outbox", str(tmp_path / "out"))
     ]
+
+
+@pytest.mark.parametrize("salt", ["", "change-me", "short-salt", "aaaaaaaaaaaaaaaaaaaa",
+                                  "please-change-this-salt"])
+def test_hashing_patient_ids_needs_a_secret_salt(salt):
+    with pytest.raises(ConfigError, match="patient_id: hash needs patient_id_salt"):
+        parse_config(f"log:\n  patient_id: hash\n  patient_id_salt: '{salt}'\n", "node.yaml")
+    parse_config("log:\n  patient_id: hash\n  patient_id_salt: 9c1f4e7a2b6d3a80f5\n", "node.yaml")
+
+
+@pytest.mark.parametrize(("text", "wanted"), [
+    ("receive:\n  port: [1\n", ['not valid YAML', 'in "node.yaml", line 2']),
+    ("receive:\n  port: 5\nreceive:\n  ae_title: X\n",
+     ["duplicate key 'receive' (first on line 1)", 'in "node.yaml", line 3']),
+    ("recieve:\n  port: 5\n", ["node.yaml:1: recieve: unknown key; did you mean 'receive'?"]),
+    ("receive:\n  prot: 5\n", ["node.yaml:2: receive.prot: unknown key; did you mean 'port'?"]),
+    ("destinations:\n  - {name: a, type: dicom, ae_titel: X, host: h, port: 1}\n",
+     ["destinations.0.ae_titel: unknown key; did you mean 'ae_title'?"]),
+    ("receive:\n  allowed_callers: {MOD: 5}\n",
+     ["node.yaml:2: receive.allowed_callers: Value error, expected a list of calling AE titles"]),
+])  # fmt: skip
+def test_config_errors_name_the_file_line_and_fix(text, wanted):
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "node.yaml")
+    message = str(error.value)
+    for part in wanted:
+        assert part in message, message
+    assert "<unicode string>" not in message and "nullable[" not in message

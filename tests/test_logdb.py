@@ -239,7 +239,7 @@ def test_two_nodes_in_separate_processes_keep_a_complete_log(db_url):
 
 
 def test_retention_worker_purges_on_start_and_records_it(store):
-    from dicomnode.config import parse_config
+    from dicomnode.config_file import parse_config
     from dicomnode.logdb.retention import start_retention
 
     now = datetime.now(timezone.utc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -9,7 +10,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from dicomnode.logdb.store import LogStore
-from dicomnode.logdb.web import WebConfigError, start_web
+from dicomnode.logdb.web import SESSION_S, WebConfigError, new_session, session_valid, start_web
 from tests.logdb_helpers import STUDY_A, populate
 
 pytest_plugins = ["tests.fixtures_postgres"]
@@ -143,6 +144,21 @@ def test_token_is_required_when_configured(token_view):
     assert status == 200 and "HttpOnly" in headers["Set-Cookie"]
     cookie = headers["Set-Cookie"].split(";")[0]
     assert fetch(token_view.url + "summary", {"Cookie": cookie})[0] == 200
+    assert TOKEN not in headers["Set-Cookie"]  # a signed session value, not the token
+    name, value = cookie.split("=", 1)
+    issued, mac = value.split(".")
+    forged = f"{int(issued) + 1}.{mac}"  # a later expiry under the same signature
+    assert fetch(token_view.url, {"Cookie": f"{name}={forged}"})[0] == 401
+    assert fetch(token_view.url, {"Cookie": f"{name}={TOKEN}"})[0] == 401  # the old cookie form
+    stale = new_session(TOKEN, now=time.time() - SESSION_S - 60)
+    assert fetch(token_view.url, {"Cookie": f"{name}={stale}"})[0] == 401
+    assert session_valid(TOKEN, new_session(TOKEN)) and not session_valid("other" * 4, value)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_short_token_is_refused_on_the_command_line_too(populated_store):
+    with pytest.raises(WebConfigError, match="at least 16 characters"):
+        start_web(populated_store, token="short")
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -153,7 +169,7 @@ def test_public_address_without_token_is_refused(populated_store):
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_node_config_starts_the_view_only_when_enabled(populated_store):
-    from dicomnode.config import parse_config
+    from dicomnode.config_file import parse_config
     from dicomnode.logdb.web import start_web_from_config
 
     off = parse_config("log:\n  url: sqlite:///x.db\n")
@@ -161,7 +177,7 @@ def test_node_config_starts_the_view_only_when_enabled(populated_store):
     assert start_web_from_config(populated_store, off.web, off.log) is None
 
     on = parse_config("web:\n  enabled: true\n  port: 0\nlog:\n  patient_id: hash\n"
-                      "  patient_id_salt: s3cret\n")  # fmt: skip
+                      "  patient_id_salt: 5f0c9e2a7b3d41e8a6c2\n")  # fmt: skip
     server = start_web_from_config(populated_store, on.web, on.log)
     try:
         assert server.url.startswith("http://127.0.0.1:")
@@ -214,7 +230,8 @@ def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path, stop_signa
 
 
 def test_config_refuses_a_public_web_address_without_token():
-    from dicomnode.config import ConfigError, parse_config
+    from dicomnode.config import ConfigError
+    from dicomnode.config_file import parse_config
 
     with pytest.raises(ConfigError, match=r"node.yaml:2: web: .*0\.0\.0\.0.*web\.token"):
         parse_config("web:\n  enabled: true\n  host: 0.0.0.0\n", "node.yaml")

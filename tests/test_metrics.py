@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.metrics import MetricsServer, NodeMetrics
+from tests.node_helpers import DISCARD_UNMATCHED
 
 
 def _scrape(server: MetricsServer) -> dict[tuple[str, tuple], float]:
@@ -124,7 +125,7 @@ def echo_scp():
 
 
 def _config(tmp_path, port: int, db_url: str | None = None):
-    from dicomnode.config import parse_config
+    from dicomnode.config_file import parse_config
 
     url = db_url or f"sqlite:///{tmp_path / 'log.sqlite3'}"
     return parse_config(
@@ -202,5 +203,5 @@ def test_node_serves_its_metrics_on_loopback_when_enabled(start_node, recording_
 
 
 def test_metrics_are_off_by_default(start_node):
-    node = start_node([], classify={"modalities": []})
+    node = start_node([], routing=DISCARD_UNMATCHED, classify={"modalities": []})
     assert node.config.metrics.enabled is False and node.metrics_server is None

@@ -10,6 +10,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
 from tests.node_helpers import (
+    DISCARD_UNMATCHED,
     RecordingSCP,
     echoscu,
     forward_rows,
@@ -155,7 +156,7 @@ def test_store_answers_out_of_resources_when_spool_cannot_be_written(start_node,
     import os
     import shutil
 
-    node = start_node([], **NO_CLASSIFY)
+    node = start_node([], routing=DISCARD_UNMATCHED, **NO_CLASSIFY)
     incoming = node.spool.dir("incoming")
     shutil.rmtree(node.spool.dir("tmp"))  # writes go through tmp/: make them impossible
     try:

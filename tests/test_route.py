@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from dicomnode.config import ConfigError, parse_config
+from dicomnode.config import ConfigError
+from dicomnode.config_file import parse_config
 from dicomnode.logdb.entry import InstanceLogEntry
 from dicomnode.route import DEFAULT_RULE, route
 from tests.node_helpers import instance_rows, send_files

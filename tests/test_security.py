@@ -29,6 +29,7 @@ from dicomnode.security import (
     client_ssl_context,
     server_ssl_context,
 )
+from tests.node_helpers import DISCARD_UNMATCHED
 
 NODE_AE = "DICOMNODE"
 NO_CLASSIFY = {"classify": {"modalities": []}}  # these tests are about the network side
@@ -346,7 +347,8 @@ def _node_tls(pki: Path, **extra) -> dict:
 
 
 def test_node_enforces_the_allow_list_and_its_called_ae(start_node):
-    node = start_node([], receive={"allowed_callers": {"MODALITY": ["127.0.0.0/8"]}}, **NO_CLASSIFY)
+    node = start_node([], routing=DISCARD_UNMATCHED,
+                      receive={"allowed_callers": {"MODALITY": ["127.0.0.0/8"]}}, **NO_CLASSIFY)
     port = node.port
     assert _associate(port).is_established  # MODALITY from 127.0.0.1
     assert _rejection_codes(_associate(port, calling="INTRUDER")) == (1, 1, 3)
@@ -355,8 +357,15 @@ def test_node_enforces_the_allow_list_and_its_called_ae(start_node):
     assert _associate(port, calling=NODE_AE).is_established
 
 
+def test_admitting_the_nodes_own_ae_is_an_explicit_setting(start_node):
+    node = start_node([], routing=DISCARD_UNMATCHED, **NO_CLASSIFY, receive={
+        "allowed_callers": ["MODALITY"], "admit_own_ae_from_loopback": False})
+    assert _associate(node.port).is_established
+    assert _rejection_codes(_associate(node.port, calling=NODE_AE)) == (1, 1, 3)
+
+
 def test_node_limits_concurrent_associations(start_node):
-    node = start_node([], receive={"max_associations": 1}, **NO_CLASSIFY)
+    node = start_node([], routing=DISCARD_UNMATCHED, receive={"max_associations": 1}, **NO_CLASSIFY)
     first = _associate(node.port)
     assert first.is_established
     try:
@@ -416,7 +425,7 @@ def test_node_receives_over_tls_and_forwards_over_tls(start_node, pki, tmp_path)
 
 def test_health_command_against_a_tls_node_with_an_allow_list(start_node, pki, tmp_path):
     receive = {"tls": _node_tls(pki), "allowed_callers": {"MODALITY": ["192.0.2.0/24"]}}
-    node = start_node([], receive=receive, **NO_CLASSIFY)
+    node = start_node([], routing=DISCARD_UNMATCHED, receive=receive, **NO_CLASSIFY)
     config_file = tmp_path / "health.yaml"
     config_file.write_text(
         yaml.safe_dump(
@@ -445,7 +454,8 @@ def test_health_command_against_a_tls_node_with_an_allow_list(start_node, pki, t
 
 
 def test_config_errors_in_security_sections_name_key_and_line():
-    from dicomnode.config import ConfigError, parse_config
+    from dicomnode.config import ConfigError
+    from dicomnode.config_file import parse_config
 
     text = "receive:\n  ae_title: DICOMNODE\n  allowed_callers:\n    MODALITY: [not-an-ip]\n"
     with pytest.raises(ConfigError, match=r"<config>:\d+: receive\.allowed_callers.*not-an-ip"):

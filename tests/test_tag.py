@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomnode import tag
-from dicomnode.config import ConfigError, TagConfig, parse_config
+from dicomnode.config import ConfigError, TagConfig
+from dicomnode.config_file import parse_config
 from tests.shared_data import CORPUS_DIR
 from tests.view_predictions import (
     CONFIDENT_AP,

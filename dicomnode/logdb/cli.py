@@ -59,7 +59,8 @@ def fail(message: str) -> typer.Exit:
 def load_log_config(config_path: Path | None) -> Any | None:
     """The node config's `log` section, or None when there is no config to read."""
     try:
-        from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+        from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError
+        from dicomnode.config_file import load_config
     except ImportError:  # pragma: no cover - a checkout without the node's config module
         return None
     if config_path is None and not DEFAULT_CONFIG_PATH.exists():

@@ -41,6 +41,7 @@ class InstanceLogEntry:
     probability_other: float | None = None
     decision_reason: str | None = None  # why nothing was written, or where a value came from
     thresholds: dict | None = None  # {"source": "manifest"|"config", "frontal": …, …}
+    decision_key: str | None = None  # the journal key (spool name): one row per decision
 
 
 PATIENT_ID_FORMS = ("plain", "hash", "omit")

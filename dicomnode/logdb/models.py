@@ -66,8 +66,11 @@ class InstanceRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     spool_path: Mapped[str | None] = mapped_column(Text)
     routing: Mapped[dict] = mapped_column(JSON, nullable=False)
+    # The journal key of this decision (its spool name): unique, so a replay writes it once.
+    decision_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
+        Index("ux_instances_decision_key", "decision_key", unique=True),
         Index("ix_instances_received_at", "received_at"),
         Index("ix_instances_study_uid", "study_instance_uid"),
         Index("ix_instances_series_uid", "series_instance_uid"),
@@ -93,8 +96,10 @@ class ForwardAttemptRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     at: Mapped[datetime] = mapped_column(DateTime(), nullable=False)
+    event_key: Mapped[str | None] = mapped_column(String(64))  # journal key: written once
 
     __table_args__ = (
+        Index("ux_forward_attempts_event_key", "event_key", unique=True),
         Index("ix_forward_attempts_instance_id", "instance_id"),
         Index("ix_forward_attempts_sop_uid", "sop_instance_uid"),
         Index("ix_forward_attempts_at", "at"),

@@ -216,6 +216,11 @@ class LogStore:
         values["received_at"] = to_utc_naive(entry.received_at)
         values["routing"] = entry.routing or {}
         with self._writing(), self._write_engine.begin() as connection:
+            if entry.decision_key is not None:  # a replay: the decision may be in already
+                existing = connection.execute(select(InstanceRow.id).where(
+                    InstanceRow.decision_key == entry.decision_key)).scalar_one_or_none()
+                if existing is not None:
+                    return int(existing)
             row_id = connection.execute(
                 insert(InstanceRow).values(**values).returning(InstanceRow.id)
             ).scalar_one()
@@ -233,11 +238,20 @@ class LogStore:
         detail: str | None,
         attempt: int,
         at: datetime,
+        event_key: str | None = None,
+        decision_key: str | None = None,
     ) -> None:
-        """Append one delivery attempt; without an instance id, link the newest row of the SOP."""
+        """Append one delivery attempt (once per event_key); without an instance id, link the
+        decision with this decision_key, else the newest row of the SOP."""
         if outcome not in FORWARD_OUTCOMES:
             raise ValueError(f"outcome {outcome!r} is not one of {', '.join(FORWARD_OUTCOMES)}")
         with self._writing(), self._write_engine.begin() as connection:
+            if event_key is not None and connection.execute(select(ForwardAttemptRow.id).where(
+                    ForwardAttemptRow.event_key == event_key)).first() is not None:
+                return  # a replay of an attempt already written
+            if instance_id is None and decision_key is not None:
+                instance_id = connection.execute(select(InstanceRow.id).where(
+                    InstanceRow.decision_key == decision_key)).scalar_one_or_none()
             if instance_id is None:
                 instance_id = connection.execute(
                     select(func.max(InstanceRow.id)).where(
@@ -254,6 +268,7 @@ class LogStore:
                     detail=detail,
                     attempt=attempt,
                     at=to_utc_naive(at),
+                    event_key=event_key,
                 )
             )
 

@@ -8,6 +8,7 @@ cookie). Only GET/HEAD exist: the view cannot change the log. No scripts, no ext
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from html import escape
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from time import time as wall_clock
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
@@ -30,10 +32,12 @@ from dicomnode.logdb.query import (
     summarise,
 )
 from dicomnode.logdb.store import LogStore
+from dicomnode.security import MIN_SECRET_LENGTH
 
 PAGE_SIZE = 50
 SUMMARY_DEFAULT_DAYS = 30
-TOKEN_COOKIE = "dicomnode_token"
+TOKEN_COOKIE = "dicomnode_session"
+SESSION_S = 12 * 3600.0  # a browser session signed in with ?token= lasts a working day
 FILTER_FIELDS = (
     # (query parameter, label, input type)
     ("since", "Received from (UTC)", "text"),
@@ -393,6 +397,23 @@ def summary_page(store: LogStore, params: dict[str, str], settings: ViewSettings
     return page("Summary", body)
 
 
+def new_session(token: str, now: float | None = None) -> str:
+    """A signed session value for the cookie: issue time and an HMAC of it keyed by the token.
+    The token cannot be read back from it, and it expires (SESSION_S)."""
+    issued = str(int(wall_clock() if now is None else now))
+    mac = hmac.new(token.encode(), f"dicomnode-web-session:{issued}".encode(), hashlib.sha256)
+    return f"{issued}.{mac.hexdigest()}"
+
+
+def session_valid(token: str, value: str, now: float | None = None) -> bool:
+    issued, _, _mac = value.partition(".")
+    if not issued.isdigit():
+        return False
+    age = (wall_clock() if now is None else now) - int(issued)
+    expected = new_session(token, int(issued))
+    return 0 <= age <= SESSION_S and hmac.compare_digest(expected.encode(), value.encode())
+
+
 def make_handler(store: LogStore, token: str | None, settings: ViewSettings):
     class AuditorHandler(BaseHTTPRequestHandler):
         server_version = "dicomnode-log"
@@ -415,13 +436,13 @@ def make_handler(store: LogStore, token: str | None, settings: ViewSettings):
             header = self.headers.get("Authorization", "")
             if header.startswith("Bearer "):
                 offered.append(header.removeprefix("Bearer ").strip())
-            cookie = SimpleCookie(self.headers.get("Cookie", ""))
-            if TOKEN_COOKIE in cookie:
-                offered.append(cookie[TOKEN_COOKIE].value)
             from_query = query.get("token")
             if from_query:
                 offered.append(from_query)
             ok = any(hmac.compare_digest(o.encode(), token.encode()) for o in offered)
+            if not ok:  # a session cookie from an earlier ?token=, never the token itself
+                cookie = SimpleCookie(self.headers.get("Cookie", ""))
+                ok = TOKEN_COOKIE in cookie and session_valid(token, cookie[TOKEN_COOKIE].value)
             return ok, ok and bool(from_query)
 
         def send_page(self, status: int, html: str, cookie: bool = False) -> None:
@@ -437,10 +458,10 @@ def make_handler(store: LogStore, token: str | None, settings: ViewSettings):
                 "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
                 "frame-ancestors 'none'",
             )
-            if cookie:
+            if cookie and token is not None:
                 self.send_header(
-                    "Set-Cookie", f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
-                )
+                    "Set-Cookie", f"{TOKEN_COOKIE}={new_session(token)}; HttpOnly; "
+                    f"SameSite=Strict; Path=/; Max-Age={int(SESSION_S)}")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
@@ -519,6 +540,10 @@ def start_web(
 ) -> WebServer:
     """Serve the view on host:port (port 0: any free port) in a background thread."""
     token = token or None
+    if token is not None and len(token) < MIN_SECRET_LENGTH:  # the config's rule, for --token too
+        raise WebConfigError(f"web view: the token must be at least {MIN_SECRET_LENGTH} "
+                             "characters (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(24))')")
     if token is None and not is_loopback(host):
         raise WebConfigError(
             f"web view: host {host!r} is not loopback; configure a token (web.token) to bind it"
@@ -532,7 +557,11 @@ def start_web(
             address_family = socket.AF_INET6
 
         server_class = ServerV6
-    httpd = server_class((host, port), handler)
+    try:
+        httpd = server_class((host, port), handler)
+    except OSError as exc:  # name the listener: the node has several
+        raise OSError(f"web view listener (web.host/port) cannot bind {host}:{port}: "
+                      f"{exc.strerror or exc}") from None
     httpd.daemon_threads = True
     return WebServer(httpd)
 

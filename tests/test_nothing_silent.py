@@ -1,0 +1,228 @@
+"""Nothing acknowledged into nowhere, no reload that strands queued images, one node per spool,
+and a line per image in the service log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dicomnode.config import ConfigError, NodeConfig
+from dicomnode.config_file import load_config
+from dicomnode.node import Node
+from dicomnode.spool import OUTGOING, TMP, Spool, SpoolInUse
+from dicomnode.spool_retention import MIB, purge_pass, sent_copies
+from dicomnode.watch import ConfigWatcher, apply_config
+from tests.node_helpers import free_port, node_config, send_files
+from tests.shared_data import SHARED
+from tests.store_forward_helpers import make_images
+
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not at {SHARED}")
+
+NO_CLASSIFY = {"classify": {"modalities": []}}
+
+
+def test_a_config_without_destinations_is_refused_at_start(tmp_path):
+    port = free_port()
+    config = tmp_path / "min.yaml"
+    config.write_text(f"receive:\n  port: {port}\nspool:\n  path: {tmp_path / 'spool'}\n")
+    result = subprocess.run([sys.executable, "-m", "dicomnode", "serve", "-c", str(config)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert "refusing to start" in result.stderr and "sent nowhere" in result.stderr
+    assert "no destinations are configured" in result.stderr
+    assert "action: discard" in result.stderr  # the fix, when dropping is what they want
+    assert "listening" not in result.stderr
+    with pytest.raises(ConfigError, match="sent nowhere"):  # the same check in-process
+        Node(node_config(tmp_path, [], routing={"default": {"destinations": []}})).start()
+
+
+def test_an_empty_default_route_is_refused_but_an_explicit_discard_runs(start_node, tmp_path,
+                                                                        caplog):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    with pytest.raises(ConfigError, match=r"routing\.default\.destinations is empty"):
+        Node(node_config(tmp_path, [outbox], routing={"default": {"destinations": []}})).start()
+    node = start_node([], routing={"default": {"action": "discard"}}, **NO_CLASSIFY)
+    image = make_images(tmp_path / "images", 1)[0]
+    with caplog.at_level(logging.INFO, logger="dicomnode.pipeline"):
+        assert send_files(node.port, image) == [0]
+        assert node.wait_idle(30)
+    (line,) = [r for r in caplog.records if r.name == "dicomnode.pipeline"]
+    assert "discarded by (default)" in line.getMessage() and line.levelno == logging.INFO
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_reloads_that_would_strand_images_are_refused_and_the_old_config_kept(start_node,
+                                                                             tmp_path):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    down = {"name": "down", "type": "dicom", "ae_title": "NOBODY", "host": "127.0.0.1",
+            "port": free_port(), "retry": {"initial_s": 60}}  # fmt: skip
+    config = node_config(tmp_path, [outbox, down], **NO_CLASSIFY)
+    node = start_node([], config=config)
+    image = make_images(tmp_path / "images", 1)[0]
+    assert send_files(node.port, image) == [0]
+    deadline = time.monotonic() + 30
+    while not node.spool.names(OUTGOING, "down"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    path = tmp_path / "node.yaml"
+    watcher = ConfigWatcher(path, lambda: load_config(path), lambda new: apply_config(node, new))
+    base = config.model_dump(mode="json")
+
+    # A save cut short after the receive section: valid YAML, no destinations.
+    path.write_text(yaml.safe_dump({"receive": base["receive"]}))
+    assert watcher.reload() is False
+    assert "sent nowhere" in watcher.last_error
+    # Dropping the destination that still has an image queued.
+    write_yaml(path, {**base, "destinations": [outbox]})
+    assert watcher.reload() is False
+    assert "'down'" in watcher.last_error and "1 image(s) wait in outgoing/down/" in \
+        watcher.last_error
+    assert [d.name for d in node.config.destinations] == ["outbox", "down"]
+    assert set(node.forwarders) == {"outbox", "down"}
+    # Adding one, then dropping it while nothing is queued for it, is fine.
+    write_yaml(path, {**base, "destinations": [outbox, down, {**outbox, "name": "extra"}]})
+    assert watcher.reload() is True
+    write_yaml(path, {**base, "destinations": [outbox, down]})
+    assert watcher.reload() is True and set(node.forwarders) == {"outbox", "down"}
+
+
+def test_a_second_node_on_one_spool_is_refused_naming_the_spool_and_pid(start_node, tmp_path):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    first = start_node([outbox], **NO_CLASSIFY)
+    marker = first.spool.dir(TMP) / "in-flight.part"  # a half-received file of the first node
+    marker.write_bytes(b"x")
+    second = Node(node_config(tmp_path, [outbox], **NO_CLASSIFY))  # same spool, another port
+    with pytest.raises(SpoolInUse) as refused:
+        second.start()
+    message = str(refused.value)
+    assert str(tmp_path / "spool") in message and f"PID {os.getpid()}" in message
+    assert marker.exists()  # the second node touched nothing of the first's
+    assert send_files(first.port, make_images(tmp_path / "images", 1)[0]) == [0]
+    assert first.wait_idle(30)
+    first.stop()
+    Node(node_config(tmp_path, [outbox], **NO_CLASSIFY)).start().stop()  # free again
+
+
+def sent_names(spool) -> list[str]:
+    return sorted(c.name for c in sent_copies(spool))
+
+
+def test_sent_copies_are_purged_by_age_size_and_disk_pressure_never_past_log_retention(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.ensure(["pacs"])
+    images = make_images(tmp_path / "images", 6)
+    now = time.time()
+    for index, image in enumerate(images):  # one a day, oldest first: 5, 4, ... 0 days old
+        spool.dispatch(f"{index:04d}", image, ["pacs"], {"name": f"{index:04d}"})
+        spool.mark_sent("pacs", f"{index:04d}", {"name": f"{index:04d}"})
+        dcm = spool.dir("sent", "pacs") / f"{index:04d}.dcm"
+        os.utime(dcm, (now - (5 - index) * 86400 - 60,) * 2)
+    size = (spool.dir("sent", "pacs") / "0000.dcm").stat().st_size
+
+    def config(**spool_settings):
+        log = spool_settings.pop("log", {})
+        return NodeConfig.model_validate({"spool": {"path": str(spool.root), **spool_settings},
+                                          "log": log, "disk": {"min_free_mb": 1}})
+
+    report = purge_pass(spool, config(sent_retention_days=3.5), now=now)
+    assert report.by_reason == {"age": 2} and sent_names(spool) == ["0002", "0003", "0004",
+                                                                      "0005"]  # fmt: skip
+    report = purge_pass(spool, config(sent_retention_days=30, log={"retention_days": 2.5}),
+                        now=now)  # fmt: skip
+    assert report.by_reason == {"age": 1}  # the log's retention is the shorter: it wins
+    report = purge_pass(spool, config(sent_max_mb=2.5 * size / MIB), now=now)
+    assert report.by_reason == {"size": 1} and sent_names(spool) == ["0004", "0005"]
+    free = iter([0, 10 * MIB])  # under twice the 1 MB floor once, then fine
+    report = purge_pass(spool, config(), now=now, free_bytes=lambda: next(free))
+    assert report.by_reason == {"disk": 1} and sent_names(spool) == ["0005"]
+    assert report.bytes_freed == size
+
+
+def test_the_node_purges_sent_copies_logs_and_counts_it(start_node, tmp_path, caplog):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    with caplog.at_level(logging.INFO, logger="dicomnode.spool_retention"):
+        node = start_node([outbox], spool={"sent_retention_days": 1e-5,  # under a second
+                                           "retention_interval_s": 0.2}, **NO_CLASSIFY)
+        assert send_files(node.port, *make_images(tmp_path / "images", 3)) == [0, 0, 0]
+        assert node.wait_idle(30)
+        deadline = time.monotonic() + 30
+        while sent_copies(node.spool):
+            assert time.monotonic() < deadline, "sent/ was never purged"
+            time.sleep(0.1)
+    assert len(list((tmp_path / "outbox").glob("*.dcm"))) == 3  # delivered copies stay
+    purged = node.metrics.spool_purged.labels("age")._value.get()
+    assert purged == 3
+    assert any("purged" in r.getMessage() and "older than the retention" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("clash", ["receive", "web"])
+def test_a_port_clash_names_the_listener_and_nothing_claims_to_listen(tmp_path, clash):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    ports = {"receive": free_port(), "web": free_port(), clash: busy}
+    config = write_yaml(tmp_path / "node.yaml", {
+        "receive": {"port": ports["receive"]}, "spool": {"path": str(tmp_path / "spool")},
+        "log": {"url": f"sqlite:///{tmp_path / 'log.sqlite3'}"},
+        "classify": {"modalities": []}, "web": {"enabled": True, "port": ports["web"]},
+        "destinations": [{"name": "outbox", "type": "folder", "path": str(tmp_path / "out")}],
+    })  # fmt: skip
+    try:
+        result = subprocess.run([sys.executable, "-m", "dicomnode", "serve", "-c", str(config)],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    listener = {"receive": "DICOM listener (receive.host/port)",
+                "web": "web view listener (web.host/port)"}[clash]
+    assert f"{listener} cannot bind 127.0.0.1:{busy}: Address already in use" in result.stderr
+    assert "listening" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_health_reports_each_destination_and_fails_when_one_keeps_failing(start_node, tmp_path):
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    down = {"name": "down", "type": "dicom", "ae_title": "NOBODY", "host": "127.0.0.1",
+            "port": free_port(), "acse_timeout": 2, "network_timeout": 2,
+            "retry": {"initial_s": 0.2, "max_delay_s": 0.5, "jitter_s": 0}}  # fmt: skip
+    config = node_config(tmp_path, [outbox, down], **NO_CLASSIFY)
+    node = start_node([], config=config)
+    assert send_files(node.port, make_images(tmp_path / "images", 1)[0]) == [0]
+    written = config.model_dump(mode="json")
+    written["receive"]["port"] = node.port  # the port the running node took
+    path = write_yaml(tmp_path / "node.yaml", written)
+    deadline = time.monotonic() + 30
+    while True:
+        names = node.spool.names(OUTGOING, "down")
+        if names and "failing_since" in node.spool.read_meta(
+                node.spool.dir(OUTGOING, "down") / f"{names[0]}.dcm"):
+            break
+        assert time.monotonic() < deadline, "the head never failed"
+        time.sleep(0.1)
+    patient = CliRunner().invoke(app, ["health", "-c", str(path), "--timeout", "3"])
+    assert patient.exit_code == 0, patient.output  # failing, but not for 10 minutes yet
+    assert "down: unreachable, queue 1, oldest waiting" in patient.output
+    assert "outbox: queue 0" in patient.output
+    time.sleep(1.2)
+    strict = CliRunner().invoke(app, ["health", "-c", str(path), "--timeout", "3",
+                                      "--max-failing-min", "0.01"])  # fmt: skip
+    assert strict.exit_code == 1
+    assert strict.output.startswith("FAIL destination down failing for")
