@@ -66,6 +66,9 @@ class ReceiveConfig(_Strict):
 
     # Concurrent associations beyond this are rejected (transient, local limit exceeded).
     max_associations: int = Field(32, ge=1, le=1000)
+    # SIGTERM: associations in progress may finish (and release) for this long before the rest
+    # are aborted; keep it under the service manager's stop timeout (systemd unit: 90 s).
+    shutdown_grace_s: float = Field(30.0, ge=0.0)
     # [AE, ...] or {AE: [address or network, ...] | null}; unset: any calling AE may associate.
     allowed_callers: AllowedCallers = None
     # With an allow-list: the node's own AE title calling from 127.0.0.0/8 or ::1 (what

@@ -112,9 +112,11 @@ def access_policy(receive_config: Any) -> AccessPolicy:
     return AccessPolicy.from_settings(receive_config.ae_title, callers)
 
 
-def receive_security(receive_config: Any) -> tuple[list[tuple], ssl.SSLContext | None]:
-    """(evt handlers enforcing the access policy, server SSLContext or None) for start_server."""
-    handlers = access_control_handlers(access_policy(receive_config))
+def receive_security(receive_config: Any, policy: Any = None
+                     ) -> tuple[list[tuple], ssl.SSLContext | None]:  # fmt: skip
+    """(evt handlers enforcing the access policy, server SSLContext or None) for start_server;
+    `policy` may be a callable giving the current AccessPolicy (a reload changes it)."""
+    handlers = access_control_handlers(policy or access_policy(receive_config))
     tls = receive_config.tls
     return handlers, server_ssl_context(tls.settings()) if tls is not None else None
 

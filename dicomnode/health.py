@@ -154,13 +154,17 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
 
 
 def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
-    """Log events waiting in the spool for the database (an outage, or its catch-up)."""
+    """Log events waiting in the spool for the database (an outage, or its catch-up), and a
+    reload that needs a restart to apply."""
     from dicomnode.spool import JOURNAL
 
     folder = Path(config.spool.path) / JOURNAL
     waiting = sorted(folder.glob("*.json")) if folder.is_dir() else []
     rejected = list((folder / "rejected").glob("*.json")) if folder.is_dir() else []
     facts, problems = [], []
+    restart = Path(config.spool.path) / "restart-needed"
+    if restart.is_file():
+        facts.append(f"restart needed: {restart.read_text().strip()}")
     if waiting:
         age = time.time() - waiting[0].stat().st_mtime
         line = f"log journal: {len(waiting)} events not yet in the database (oldest {age:.0f} s)"

@@ -1,4 +1,5 @@
-"""Log stage: every decision and delivery attempt reaches the log database, outages included.
+"""Log stage: every decision, delivery attempt and answered association request reaches the log
+database, outages included.
 
 Each event is first written to `spool/journal/` (one JSON file, atomically), then inserted, then
 its file is removed. While the database does not answer, events only go to the journal, and a
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 INSTANCE_SUFFIX = ".decision.json"
 FORWARD_SUFFIX = ".attempt.json"
+ASSOCIATION_SUFFIX = ".association.json"
 RETRY_S = 2.0  # how often the writer tries the database during an outage
 
 
@@ -70,7 +72,7 @@ class LogJournal:
                        outcome: str, dimse_status: int | None, detail: str, attempt: int,
                        at: datetime, decision_key: str | None = None) -> None:
         """Journal a delivery attempt, then write it (or leave it for the writer thread)."""
-        key = f"{time.time_ns():020d}-{next(self._sequence) % 1_000_000:06d}"
+        key = self._new_key()
         values = {"instance_id": instance_id, "sop_instance_uid": sop_instance_uid,
                   "destination": destination, "outcome": outcome, "dimse_status": dimse_status,
                   "detail": detail, "attempt": attempt, "at": at.isoformat(),
@@ -78,6 +80,20 @@ class LogJournal:
         path = self.folder / f"{key}{FORWARD_SUFFIX}"
         write_atomic(path, json.dumps(values, default=str).encode(), self.tmp)
         self._write_through(path)
+
+    def record_association(self, at: datetime, outcome: str, calling_ae: str, called_ae: str,
+                           peer_address: str, reason: str | None = None) -> None:
+        """Journal an answered association request, then write it."""
+        key = self._new_key()
+        values = {"at": at.isoformat(), "outcome": outcome, "calling_ae": calling_ae,
+                  "called_ae": called_ae, "peer_address": peer_address, "reason": reason,
+                  "event_key": key}  # fmt: skip
+        path = self.folder / f"{key}{ASSOCIATION_SUFFIX}"
+        write_atomic(path, json.dumps(values).encode(), self.tmp)
+        self._write_through(path)
+
+    def _new_key(self) -> str:
+        return f"{time.time_ns():020d}-{next(self._sequence) % 1_000_000:06d}"
 
     def pending(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(".json"))
@@ -152,7 +168,10 @@ class LogJournal:
             values["received_at"] = datetime.fromisoformat(values["received_at"])
             return int(self.store.record_instance(InstanceLogEntry(**values)))
         values["at"] = datetime.fromisoformat(values["at"])
-        self.store.record_forward(**values)
+        if path.name.endswith(ASSOCIATION_SUFFIX):
+            self.store.record_association(**values)
+        else:
+            self.store.record_forward(**values)
         return None
 
     def _reject(self, path: Path, exc: Exception) -> tuple[bool, None]:

@@ -123,6 +123,12 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.associations = Counter(
+            "dicomnode_associations",
+            "Association requests answered, by outcome (accepted, rejected)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.spool_purged = Counter(
             "dicomnode_spool_purged",
             "sent/ copies purged by spool retention, by reason (age, size, disk)",

@@ -20,7 +20,7 @@ from dicomnode.forward import Forwarder
 from dicomnode.log_journal import LogJournal
 from dicomnode.metrics import MetricsServer, NodeMetrics, attach_to_node
 from dicomnode.pipeline import Pipeline
-from dicomnode.receive import Receiver
+from dicomnode.receive import AssociationEvent, Receiver
 from dicomnode.spool import JOURNAL, OUTGOING, TMP, Spool
 from dicomnode.spool_retention import SpoolRetention
 
@@ -74,6 +74,7 @@ class Node:
         if gap is not None:  # before a port opens: nothing may be acknowledged into nowhere
             raise ConfigError(f"refusing to start: {gap}")
         self.spool.lock()  # before ensure(), which clears tmp/: that may be another node's
+        (self.spool.root / "restart-needed").unlink(missing_ok=True)  # this start is the restart
         names = [d.name for d in self.config.destinations]
         self.spool.ensure(names)
         if self.log_store is None:
@@ -98,7 +99,8 @@ class Node:
         for forwarder in self.forwarders.values():
             forwarder.start()
         self.receiver = Receiver(
-            self.config.receive, self.spool, self.pipeline.submit, disk_guard=self._disk_guard()
+            self.config.receive, self.spool, self.pipeline.submit, disk_guard=self._disk_guard(),
+            on_association=self._association_answered,
         )
         self.receiver.start()
         if self.config.inbox.path is not None:  # drop folder: files processed like received ones
@@ -117,6 +119,13 @@ class Node:
         host, port = self.receiver.address
         # Only now, with every listener bound and every worker up: "listening" means it.
         log.info("listening as %s on %s:%d", self.config.receive.ae_title, host, port)
+
+    def _association_answered(self, event: AssociationEvent) -> None:
+        """Accepted and rejected associations: counted, and in the audit log."""
+        self.metrics.associations.labels(event.outcome).inc()
+        if self.journal is not None:
+            self.journal.record_association(event.at, event.outcome, event.calling_ae,
+                                            event.called_ae, event.peer_address, event.reason)
 
     def _start_log_services(self) -> None:
         """The auditor web view and log retention, each only when configured."""
@@ -183,7 +192,7 @@ class Node:
             self.inbox.stop()
             self.inbox = None
         if self.receiver is not None:
-            self.receiver.stop()
+            self.receiver.stop(self.config.receive.shutdown_grace_s)
             self.receiver = None
         if self.pipeline is not None:
             self.pipeline.stop()

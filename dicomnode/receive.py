@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import ReceiveConfig
-from dicomnode.hardening import receive_security
+from dicomnode.hardening import access_policy, receive_security
 from dicomnode.identity import node_ae, set_implementation
 from dicomnode.spool import Spool
 
@@ -61,21 +63,30 @@ class Receiver:
         spool: Spool,
         on_spooled: Callable[[Path], None],
         disk_guard: Any = None,
+        on_association: Callable[[AssociationEvent], None] | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.on_spooled = on_spooled
         self.disk_guard = disk_guard  # dicomnode.diskguard.DiskGuard or None
+        self.on_association = on_association  # accepted and refused associations: the audit
+        self.policy = access_policy(config)
         self.ae = build_ae(config)
         self._server: Any = None
 
+    def update_access(self, config: ReceiveConfig) -> None:
+        """A reloaded allow-list: applies to the next association request."""
+        self.policy = access_policy(config)
+
     def start(self) -> tuple[str, int]:
         # allow-list + called-AE check (EVT_REQUESTED) and the TLS context, from receive config
-        security_handlers, ssl_context = receive_security(self.config)
+        security_handlers, ssl_context = receive_security(self.config, lambda: self.policy)
         handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_C_STORE, self.handle_store),
             *security_handlers,
+            (evt.EVT_ACCEPTED, self._audit_association),
+            (evt.EVT_REJECTED, self._audit_association),
         ]
         try:
             self._server = self.ae.start_server(
@@ -97,11 +108,32 @@ class Receiver:
     def address(self) -> tuple[str, int]:
         return self._server.server_address[:2]
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop accepting (the listening socket closes: new associations are refused), give the
+        associations in progress up to grace_s to finish and release, then abort what is left."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        in_progress = self.ae.active_associations
+        if in_progress and grace_s > 0:
+            log.info("stopping: no new associations; waiting up to %.0f s for %d in progress",
+                     grace_s, len(in_progress))  # fmt: skip
+            deadline = time.monotonic() + grace_s
+            while self.ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+        left = self.ae.active_associations
+        if left:
+            log.warning("stopping: aborting %d association(s) still open after %.0f s "
+                        "(receive.shutdown_grace_s)", len(left), grace_s)  # fmt: skip
         self.ae.shutdown()
+
+    def _audit_association(self, event: evt.Event) -> None:
+        if self.on_association is None:
+            return
+        try:
+            self.on_association(association_event(event))
+        except Exception:  # the audit must not break the association
+            log.exception("could not record an association event")
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
         requestor = event.assoc.requestor
@@ -135,6 +167,41 @@ class Receiver:
         except Exception:  # the spool has it; the worker's start-up scan will find it
             log.exception("could not notify the pipeline of %s", path.name)
         return STATUS_SUCCESS
+
+
+@dataclass(frozen=True)
+class AssociationEvent:
+    """An association request and the node's answer, for metrics and the audit log."""
+
+    at: datetime
+    outcome: str  # accepted | rejected
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    reason: str | None  # rejected: "result/source/reason" codes and their meaning
+
+
+REJECT_REASONS = {(1, 1): "no reason given", (1, 2): "application context not supported",
+                  (1, 3): "calling AE title not recognised",
+                  (1, 7): "called AE title not recognised", (3, 1): "temporary congestion",
+                  (3, 2): "local limit exceeded (receive.max_associations)"}  # fmt: skip
+
+
+def association_event(event: evt.Event) -> AssociationEvent:
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    calling = str(getattr(request, "calling_ae_title", "") or assoc.requestor.ae_title).strip()
+    called = str(getattr(request, "called_ae_title", "") or assoc.acceptor.ae_title).strip()
+    reason = None
+    if event.event == evt.EVT_REJECTED:
+        answer = assoc.acceptor.primitive
+        codes = (int(answer.result), int(answer.result_source), int(answer.diagnostic))
+        meaning = REJECT_REASONS.get(codes[1:], "")
+        reason = f"{codes[0]:#04x}/{codes[1]:#04x}/{codes[2]:#04x} {meaning}".strip()
+    return AssociationEvent(
+        datetime.now(timezone.utc),
+        "rejected" if event.event == evt.EVT_REJECTED else "accepted",
+        calling, called, f"{assoc.requestor.address}:{assoc.requestor.port}", reason)
 
 
 class ListenerError(OSError):

@@ -151,9 +151,13 @@ RejectionListener = Callable[[Rejection, str, str, str], None]
 
 
 def access_control_handlers(
-    policy: AccessPolicy, on_reject: RejectionListener | None = None
+    policy: AccessPolicy | Callable[[], AccessPolicy],
+    on_reject: RejectionListener | None = None,
 ) -> list[tuple]:
-    """evt_handlers for AE.start_server that enforce `policy` (and report each refusal)."""
+    """evt_handlers for AE.start_server that enforce `policy` (and report each refusal). A
+    callable is asked for the policy at every association request, so a reloaded allow-list
+    applies to the next association without a restart."""
+    current = policy if callable(policy) else (lambda: policy)
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc
@@ -161,7 +165,7 @@ def access_control_handlers(
         calling_ae = str(request.calling_ae_title)
         called_ae = str(request.called_ae_title)
         address = assoc.requestor.address
-        rejection = policy.check(calling_ae, called_ae, address)
+        rejection = current().check(calling_ae, called_ae, address)
         if rejection is None:
             return
         LOGGER.warning(

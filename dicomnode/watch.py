@@ -299,6 +299,14 @@ def reload_refusal(node: Any, new: NodeConfig) -> str | None:
     return None
 
 
+RESTART_NEEDED = "restart-needed"  # in the spool: why the running node needs a restart
+
+
+def mark_restart_needed(spool: Any, reason: str) -> None:
+    """Leave the reason where `dicomnode health` reads it; the next start removes it."""
+    (spool.root / RESTART_NEEDED).write_text(reason + "\n")
+
+
 def apply_config(node: Any, new: NodeConfig) -> None:
     """Swap a running node's config: routing/tag/classify settings apply to the next image; the
     disk floor at once; destinations added, removed or changed get their forwarders started,
@@ -309,10 +317,19 @@ def apply_config(node: Any, new: NodeConfig) -> None:
     refusal = reload_refusal(node, new)
     if refusal is not None:
         raise ConfigError(refusal)
-    if new.receive != old.receive:
-        log.warning("config reload: receive settings changed; they apply after a restart")
-    if new.spool != old.spool:
+    access_keys = {"allowed_callers", "admit_own_ae_from_loopback"}
+    if new.receive.model_dump(include=access_keys) != old.receive.model_dump(include=access_keys):
+        if node.receiver is not None:
+            node.receiver.update_access(new.receive)
+        log.warning("config reload: the allow-list changed; it applies to new associations")
+    others = set(type(new.receive).model_fields) - access_keys
+    if new.receive.model_dump(include=others) != old.receive.model_dump(include=others):
+        log.warning("config reload: receive settings other than the allow-list changed; they "
+                    "apply after a restart (dicomnode health says so until then)")
+        mark_restart_needed(node.spool, "receive settings changed in a reload")
+    if new.spool.path != old.spool.path:
         log.warning("config reload: spool path changed; it applies after a restart")
+        mark_restart_needed(node.spool, "spool.path changed in a reload")
         new = new.model_copy(update={"spool": old.spool})
     for dest in new.destinations:  # (not spool.ensure(): that clears tmp/, in use right now)
         for state in (OUTGOING, SENT, FAILED):

@@ -63,12 +63,15 @@ def test_postgresql_outage_mid_stream_leaves_every_decision_exactly_once(start_n
             assert node.wait_idle(60)  # ... and delivered
             assert len(list((tmp_path / "outbox").glob("*.dcm"))) == 50
             journal = node.journal
-            assert len(journal.pending()) == 60  # 30 decisions + 30 delivery attempts
+            # 30 decisions, 30 delivery attempts, and the association that brought them
+            assert len(journal.pending()) == 61
             assert node.metrics.log_database_up._value.get() == 0
             server.start()
             wait_until(lambda: not journal.pending(), 60, "the journal was never written")
             assert node.metrics.log_database_up._value.get() == 1
+            associations = node.log_store.associations()
         instances, attempts = rows(url)
+    assert [a.outcome for a in associations] == ["accepted", "accepted"]
     assert [r.sop_instance_uid for r in instances] == uids  # in order, each once
     assert len({r.decision_key for r in instances}) == 50
     assert sorted(a.sop_instance_uid for a in attempts) == sorted(uids)
@@ -79,7 +82,7 @@ def test_postgresql_outage_mid_stream_leaves_every_decision_exactly_once(start_n
     down = [r for r in ours if "log database unavailable" in r.getMessage()]
     back = [r for r in ours if "log database answers again" in r.getMessage()]
     assert len(down) == 1 and down[0].levelno == logging.ERROR
-    assert len(back) == 1 and "60 journaled events written" in back[0].getMessage()
+    assert len(back) == 1 and "61 journaled events written" in back[0].getMessage()
     assert not [r for r in ours if r.exc_info], "a traceback reached the service log"
 
 

@@ -3,6 +3,7 @@ and a line per image in the service log."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -226,3 +227,123 @@ def test_health_reports_each_destination_and_fails_when_one_keeps_failing(start_
                                       "--max-failing-min", "0.01"])  # fmt: skip
     assert strict.exit_code == 1
     assert strict.output.startswith("FAIL destination down failing for")
+
+
+def test_sigterm_during_a_50_image_association_lets_it_finish_and_loses_nothing(tmp_path):
+    import signal
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    from tests.node_helpers import NODE_AE
+    from tests.store_forward_helpers import NodeProcess, echo, uid_of, write_config
+
+    port = free_port()
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path / "node.yaml", tmp_path, port,
+                          [{"name": "outbox", "type": "folder", "path": str(outbox)}],
+                          receive={"shutdown_grace_s": 60})  # fmt: skip
+    files = make_images(tmp_path / "images", 50)
+    node = NodeProcess(config, port, tmp_path).start()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian])
+    statuses = []
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert assoc.is_established
+        for index, path in enumerate(files):
+            statuses.append(int(assoc.send_c_store(path).Status))
+            if index == 9:
+                node.process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert not echo(port)  # stopping: no new associations meanwhile
+            time.sleep(0.05)
+        assoc.release()
+        released = assoc.is_released
+    finally:
+        ae.shutdown()
+    exit_code = node.process.wait(90)
+    node.process = None
+    log_text = node.log_text()
+    assert statuses == [0] * 50 and released  # every C-STORE answered, then a proper release
+    assert exit_code == 0, log_text
+    assert "stopping: no new associations; waiting up to 60 s for 1 in progress" in log_text
+    assert "dicomnode: stopped" in log_text and "Traceback" not in log_text
+    node = NodeProcess(config, port, tmp_path).start()  # what was not forwarded yet goes now
+    try:
+        wanted = {f"{uid_of(p)}.dcm" for p in files}
+        deadline = time.monotonic() + 60
+        while {p.name for p in outbox.glob("*.dcm")} != wanted:
+            assert time.monotonic() < deadline, "an acknowledged image was never delivered"
+            time.sleep(0.1)
+    finally:
+        node.stop()
+
+
+def test_refused_and_accepted_associations_are_counted_logged_and_queryable(start_node, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+    from tests.node_helpers import NODE_AE
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    config = node_config(tmp_path, [outbox], receive={"allowed_callers": ["MODALITY"]},
+                         **NO_CLASSIFY)  # fmt: skip
+    node = start_node([], config=config)
+
+    def associate(calling: str) -> bool:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        try:
+            assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+            established = assoc.is_established
+            if established:
+                assoc.release()
+            return established
+        finally:
+            ae.shutdown()
+
+    assert associate("MODALITY") and not associate("INTRUDER")
+    path = tmp_path / "node.yaml"
+    watcher = ConfigWatcher(path, lambda: load_config(path), lambda new: apply_config(node, new))
+    data = config.model_dump(mode="json")
+    data["receive"]["allowed_callers"] = ["MODALITY", "INTRUDER"]
+    write_yaml(path, data)
+    assert watcher.reload() is True
+    assert associate("INTRUDER")  # the reloaded allow-list, without a restart
+    deadline = time.monotonic() + 10
+    while len(node.log_store.associations()) < 3:
+        assert time.monotonic() < deadline, "associations not in the log"
+        time.sleep(0.05)
+    rows = node.log_store.associations()
+    assert [(r.outcome, r.calling_ae) for r in reversed(rows)] == [
+        ("accepted", "MODALITY"), ("rejected", "INTRUDER"), ("accepted", "INTRUDER")]
+    refused = rows[1]
+    assert refused.reason == "0x01/0x01/0x03 calling AE title not recognised"
+    assert refused.called_ae == NODE_AE and refused.peer_address.startswith("127.0.0.1:")
+    assert node.metrics.associations.labels("rejected")._value.get() == 1
+    assert node.metrics.associations.labels("accepted")._value.get() == 2
+    listed = CliRunner().invoke(app, ["log", "associations", "--db", config.log.url,
+                                      "--outcome", "rejected", "--json"])  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    (line,) = [json.loads(x) for x in listed.output.splitlines()]
+    assert line["calling_ae"] == "INTRUDER" and line["outcome"] == "rejected"
+
+
+def test_a_reload_that_needs_a_restart_says_so_in_health(start_node, tmp_path):
+    from dicomnode.health import check_health
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    config = node_config(tmp_path, [outbox], **NO_CLASSIFY)
+    node = start_node([], config=config)
+    data = config.model_dump(mode="json")
+    data["receive"]["max_associations"] = 5
+    path = write_yaml(tmp_path / "node.yaml", data)
+    watcher = ConfigWatcher(path, lambda: load_config(path), lambda new: apply_config(node, new))
+    assert watcher.reload() is True
+    data["receive"]["port"] = node.port
+    report = check_health(load_config(write_yaml(path, data)), timeout=3)
+    assert "restart needed: receive settings changed in a reload" in report.line

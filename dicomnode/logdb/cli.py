@@ -340,6 +340,35 @@ def purge_command(
     )
 
 
+@log_app.command("associations")
+def associations_command(
+    outcome: Annotated[
+        str | None, typer.Option(help="accepted or rejected (default: both)")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="newest rows shown")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Association requests the node answered, newest first: when, accepted or rejected (with
+    the A-ASSOCIATE-RJ result/source/reason), calling and called AE title, peer address."""
+    if outcome is not None and outcome not in ("accepted", "rejected"):
+        raise fail(f"--outcome {outcome!r}: use accepted or rejected")
+    store = open_store(db, config)
+    try:
+        rows = store.associations(outcome=outcome, limit=limit)
+    finally:
+        store.close()
+    for row in rows:
+        values = {"at": cell(row.at), "outcome": row.outcome, "calling_ae": row.calling_ae,
+                  "called_ae": row.called_ae, "peer_address": row.peer_address,
+                  "reason": row.reason}  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps(values))
+        else:
+            typer.echo("  ".join(str(v) for v in values.values() if v is not None))
+
+
 @log_app.command("web")
 def web_command(
     db: DbOption = None,

@@ -127,3 +127,23 @@ class PurgeRow(Base):
     instances_deleted: Mapped[int] = mapped_column(Integer, nullable=False)
     forward_attempts_deleted: Mapped[int] = mapped_column(Integer, nullable=False)
     requested_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class AssociationRow(Base):
+    """Each association request the node answered: accepted, or rejected with the codes."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # accepted | rejected
+    calling_ae: Mapped[str] = mapped_column(String(64), nullable=False)
+    called_ae: Mapped[str] = mapped_column(String(64), nullable=False)
+    peer_address: Mapped[str] = mapped_column(String(128), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_key: Mapped[str | None] = mapped_column(String(64))  # journal key: written once
+
+    __table_args__ = (
+        Index("ux_associations_event_key", "event_key", unique=True),
+        Index("ix_associations_at", "at"),
+    )

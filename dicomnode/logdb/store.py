@@ -24,7 +24,13 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from dicomnode.logdb import schema
 from dicomnode.logdb.entry import ACTIONS, InstanceLogEntry
-from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow, ModelVersionRow, PurgeRow
+from dicomnode.logdb.models import (
+    AssociationRow,
+    ForwardAttemptRow,
+    InstanceRow,
+    ModelVersionRow,
+    PurgeRow,
+)
 
 FORWARD_OUTCOMES = ("sent", "retry", "failed")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -271,6 +277,31 @@ class LogStore:
                     event_key=event_key,
                 )
             )
+
+    def record_association(self, at: datetime, outcome: str, calling_ae: str, called_ae: str,
+                           peer_address: str, reason: str | None = None,
+                           event_key: str | None = None) -> None:
+        """Append one answered association request (once per event_key)."""
+        with self._writing(), self._write_engine.begin() as connection:
+            if event_key is not None and connection.execute(select(AssociationRow.id).where(
+                    AssociationRow.event_key == event_key)).first() is not None:
+                return
+            connection.execute(insert(AssociationRow).values(
+                at=to_utc_naive(at), outcome=outcome, calling_ae=calling_ae[:64],
+                called_ae=called_ae[:64], peer_address=peer_address[:128], reason=reason,
+                event_key=event_key))
+
+    def associations(self, outcome: str | None = None, since: datetime | None = None,
+                     limit: int = 1000) -> list[Any]:
+        """Answered association requests, newest first (rows with the table's columns)."""
+        table = AssociationRow.__table__
+        query = select(table).order_by(table.c.id.desc()).limit(limit)
+        if outcome is not None:
+            query = query.where(table.c.outcome == outcome)
+        if since is not None:
+            query = query.where(table.c.at >= to_utc_naive(since))
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
 
     def purge(
         self,
