@@ -77,6 +77,18 @@ def apply_overrides(
         raise typer.Exit(2) from None
 
 
+class OnePeerLine(logging.Filter):
+    """pynetdicom logs a full traceback for each connection a peer resets, stalls or cuts short;
+    in the service log one line with the error says as much, without flooding it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom") and record.exc_info:
+            error = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()}: {error!r}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -96,6 +108,8 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OnePeerLine())
     node_config = apply_overrides(_load(config), host, port, ae_title, outbox, db)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -69,6 +69,9 @@ class ReceiveConfig(_Strict):
     # SIGTERM: associations in progress may finish (and release) for this long before the rest
     # are aborted; keep it under the service manager's stop timeout (systemd unit: 90 s).
     shutdown_grace_s: float = Field(30.0, ge=0.0)
+    # Longest wait for more bytes of a PDU that has begun (a stalled peer is disconnected,
+    # freeing its association slot); 0 = no deadline.
+    read_timeout_s: float = Field(10.0, ge=0.0)
     # [AE, ...] or {AE: [address or network, ...] | null}; unset: any calling AE may associate.
     allowed_callers: AllowedCallers = None
     # With an allow-list: the node's own AE title calling from 127.0.0.0/8 or ::1 (what

@@ -47,6 +47,19 @@ def set_tcp_nodelay(event: evt.Event) -> None:
             log.debug("TCP_NODELAY not set: %s", exc)
 
 
+def free_slot_of_unrequested(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE: a connection that closed (or was cut off by the read deadline) before
+    its A-ASSOCIATE-RQ arrived. pynetdicom's acceptor thread would wait out acse_timeout for a
+    request that cannot come, holding an association slot; wake it the way its own timeout
+    does (an empty primitive), so the slot is free at once."""
+    assoc = event.assoc
+    if not assoc.is_acceptor or assoc.is_established or assoc.requestor.primitive is not None:
+        return
+    user_queue = getattr(assoc.dul, "to_user_queue", None)
+    if user_queue is not None:
+        user_queue.put(None)
+
+
 def failure(status: int, comment: str) -> Dataset:
     response = Dataset()
     response.Status = status
@@ -82,9 +95,10 @@ class Receiver:
         # allow-list + called-AE check (EVT_REQUESTED) and the TLS context, from receive config
         security_handlers, ssl_context = receive_security(self.config, lambda: self.policy)
         handlers = [
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_STORE, self.handle_store),
             *security_handlers,
+            (evt.EVT_CONN_CLOSE, free_slot_of_unrequested),
             (evt.EVT_ACCEPTED, self._audit_association),
             (evt.EVT_REJECTED, self._audit_association),
         ]
@@ -126,6 +140,19 @@ class Receiver:
             log.warning("stopping: aborting %d association(s) still open after %.0f s "
                         "(receive.shutdown_grace_s)", len(left), grace_s)  # fmt: skip
         self.ae.shutdown()
+
+    def _on_connection(self, event: evt.Event) -> None:
+        """TCP_NODELAY, and a deadline on every read: pynetdicom reads the rest of a PDU whose
+        header arrived with a blocking recv, so a peer that sends a header and then nothing
+        would hold its association slot for ever. An idle association is not reading (its
+        socket is polled) and is ended by network_timeout as before."""
+        set_tcp_nodelay(event)
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None and self.config.read_timeout_s:
+            try:
+                sock.settimeout(self.config.read_timeout_s)
+            except OSError as exc:
+                log.debug("read deadline not set: %s", exc)
 
     def _audit_association(self, event: evt.Event) -> None:
         if self.on_association is None:

@@ -347,3 +347,44 @@ def test_a_reload_that_needs_a_restart_says_so_in_health(start_node, tmp_path):
     data["receive"]["port"] = node.port
     report = check_health(load_config(write_yaml(path, data)), timeout=3)
     assert "restart needed: receive settings changed in a reload" in report.line
+
+
+def test_stalled_peers_and_bare_connects_free_their_association_slots(tmp_path):
+    import socket
+    import struct
+
+    from tests.store_forward_helpers import NodeProcess, echo, write_config
+
+    port = free_port()
+    config = write_config(tmp_path / "node.yaml", tmp_path, port,
+                          [{"name": "outbox", "type": "folder", "path": str(tmp_path / "out")}],
+                          receive={"read_timeout_s": 1, "max_associations": 2})  # fmt: skip
+    node = NodeProcess(config, port, tmp_path).start()
+    stalled = []
+    try:
+        for _ in range(2):  # an A-ASSOCIATE-RQ header promising 1000 bytes, then nothing
+            peer = socket.create_connection(("127.0.0.1", port))
+            peer.sendall(struct.pack(">BBL", 0x01, 0, 1000))
+            stalled.append(peer)
+        started = time.monotonic()
+        for peer in stalled:
+            peer.settimeout(20)
+            assert peer.recv(16) == b""  # the node closed it
+        assert time.monotonic() - started < 10
+        while not echo(port):  # the slots are free again
+            assert time.monotonic() - started < 15, "the stalled peers still hold their slots"
+            time.sleep(0.2)
+        print(f"stalled peers cut off and slots free after {time.monotonic() - started:.1f} s")
+        for _ in range(5):  # port scanners, load balancers' checks: connect and close
+            socket.create_connection(("127.0.0.1", port)).close()
+        started = time.monotonic()
+        while not echo(port):
+            assert time.monotonic() - started < 5, "bare connections still hold their slots"
+            time.sleep(0.1)
+        print(f"after 5 bare connects the node answered in {time.monotonic() - started:.1f} s")
+    finally:
+        for peer in stalled:
+            peer.close()
+        node.stop()
+    log_text = node.log_text()
+    assert "Traceback" not in log_text, log_text[-3000:]
