@@ -95,10 +95,11 @@ def _describe(error: dict[str, Any], root: yaml.Node | None, source: str, data: 
     where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
         message = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
-        if not close and _known_keys(loc[:-1]):
-            message += f" (valid: {', '.join(_known_keys(loc[:-1]))})"
+        if not close and known:
+            message += f" (valid: {', '.join(known)})"
     if error["type"] == "missing":
         message = "required key is missing"
     expected = error.get("ctx", {}).get("expected")

@@ -36,38 +36,49 @@ class HealthReport:
         return "FAIL " + "; ".join(self.problems + self.facts)
 
 
-def _echo(config: Any, timeout: float) -> tuple[str | None, str | None]:
-    """(fact, problem) for a C-ECHO to the node's own listener."""
-    from dicomnode.hardening import health_tls_args
+def _c_echo(calling_ae: str, host: str, port: int, called_ae: str, timeout: float,
+            tls_args: Any) -> tuple[float | None, str | None]:
+    """One C-ECHO as the node: (milliseconds, None) when it succeeds, else (None, why)."""
     from dicomnode.identity import node_ae
 
-    recv = config.receive
-    host = "127.0.0.1" if recv.host in ("0.0.0.0", "", "::") else recv.host
-    target = f"{recv.ae_title}@{host}:{recv.port}"
-    ae = node_ae(recv.ae_title)
+    ae = node_ae(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
     started = time.perf_counter()
     try:
-        tls_args = health_tls_args(recv) if getattr(recv, "tls", None) is not None else None
-        assoc = ae.associate(host, recv.port, ae_title=recv.ae_title, tls_args=tls_args)
+        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     except Exception as exc:
-        return None, f"echo {target}: {type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
-        return None, (
-            f"echo {target}: association rejected (result {rj.result}, source "
-            f"{rj.result_source}, reason {rj.diagnostic})"
-        )
+        return None, (f"association rejected (result {rj.result}, source {rj.result_source}, "
+                      f"reason {rj.diagnostic})")
     if not assoc.is_established:
-        return None, f"echo {target}: no association (not listening, or TLS refused)"
+        return None, "no association (not listening, or TLS refused)"
     try:
         status = assoc.send_c_echo()
     finally:
         assoc.release()
-    elapsed_ms = (time.perf_counter() - started) * 1000
     if "Status" not in status or int(status.Status) != 0:
-        return None, f"echo {target}: C-ECHO failed"
+        return None, "C-ECHO failed"
+    return (time.perf_counter() - started) * 1000, None
+
+
+def _echo(config: Any, timeout: float) -> tuple[str | None, str | None]:
+    """(fact, problem) for a C-ECHO to the node's own listener."""
+    from dicomnode.hardening import health_tls_args
+
+    recv = config.receive
+    host = "127.0.0.1" if recv.host in ("0.0.0.0", "", "::") else recv.host
+    target = f"{recv.ae_title}@{host}:{recv.port}"
+    try:
+        tls_args = health_tls_args(recv) if getattr(recv, "tls", None) is not None else None
+    except Exception as exc:
+        return None, f"echo {target}: {type(exc).__name__}: {exc}"
+    elapsed_ms, problem = _c_echo(recv.ae_title, host, recv.port, recv.ae_title, timeout,
+                                  tls_args)  # fmt: skip
+    if problem is not None:
+        return None, f"echo {target}: {problem}"
     return f"echo {target} {elapsed_ms:.0f} ms", None
 
 
@@ -125,6 +136,7 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
                   now: float | None = None) -> tuple[list[str], list[str]]:
     """Per destination: reachable (C-ECHO, DICOM only), queue depth, oldest waiting; a problem
     when the head of its queue has been failing for longer than max_failing_s."""
+    from dicomnode.hardening import destination_tls_args
     from dicomnode.spool import OUTGOING, Spool
 
     now = time.time() if now is None else now
@@ -134,8 +146,14 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
         names = spool.names(OUTGOING, dest.name) if spool.root.is_dir() else []
         parts = []
         if getattr(dest, "type", "") == "dicom":
-            reached, _ = _echo_peer(dest, min(timeout, 5.0))
-            parts.append("reachable" if reached else "unreachable")
+            try:
+                tls_args = destination_tls_args(dest)
+            except Exception as exc:  # unusable TLS files: the peer cannot be reached
+                problem: str | None = str(exc)
+            else:
+                _, problem = _c_echo(dest.calling_ae_title or "DICOMNODE", dest.host,
+                                     dest.port, dest.ae_title, min(timeout, 5.0), tls_args)
+            parts.append("unreachable" if problem else "reachable")
         parts.append(f"queue {len(names)}")
         head = spool.read_meta(spool.dir(OUTGOING, dest.name) / f"{names[0]}.dcm") if names \
             else {}  # fmt: skip
@@ -156,13 +174,13 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
 def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
     """Log events waiting in the spool for the database (an outage, or its catch-up), and a
     reload that needs a restart to apply."""
-    from dicomnode.spool import JOURNAL
+    from dicomnode.spool import JOURNAL, RESTART_NEEDED
 
     folder = Path(config.spool.path) / JOURNAL
     waiting = sorted(folder.glob("*.json")) if folder.is_dir() else []
     rejected = list((folder / "rejected").glob("*.json")) if folder.is_dir() else []
     facts, problems = [], []
-    restart = Path(config.spool.path) / "restart-needed"
+    restart = Path(config.spool.path) / RESTART_NEEDED
     if restart.is_file():
         facts.append(f"restart needed: {restart.read_text().strip()}")
     if waiting:
@@ -173,27 +191,6 @@ def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
         problems.append(f"log journal: {len(rejected)} events refused by the database, kept in "
                         f"{folder / 'rejected'}")
     return facts, problems
-
-
-def _echo_peer(dest: Any, timeout: float) -> tuple[bool, str]:
-    from dicomnode.hardening import destination_tls_args
-    from dicomnode.identity import node_ae
-
-    ae = node_ae(dest.calling_ae_title or "DICOMNODE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context("1.2.840.10008.1.1")
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             tls_args=destination_tls_args(dest))  # fmt: skip
-    except Exception as exc:
-        return False, str(exc)
-    if not assoc.is_established:
-        return False, "no association"
-    try:
-        status = assoc.send_c_echo()
-    finally:
-        assoc.release()
-    return "Status" in status and int(status.Status) == 0, ""
 
 
 def check_health(

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dicomnode.logdb.entry import InstanceLogEntry
-from dicomnode.spool import write_atomic
+from dicomnode.spool import ordered_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +64,33 @@ class LogJournal:
             raise ValueError("a journaled decision needs its decision_key")
         values = asdict(entry)
         values["received_at"] = entry.received_at.isoformat()
-        path = self.folder / f"{entry.decision_key}{INSTANCE_SUFFIX}"
-        write_atomic(path, json.dumps(values, default=str).encode(), self.tmp)
-        return self._write_through(path)
+        return self._journal(f"{entry.decision_key}{INSTANCE_SUFFIX}", values)
 
     def record_forward(self, instance_id: int | None, sop_instance_uid: str, destination: str,
                        outcome: str, dimse_status: int | None, detail: str, attempt: int,
                        at: datetime, decision_key: str | None = None) -> None:
         """Journal a delivery attempt, then write it (or leave it for the writer thread)."""
-        key = self._new_key()
-        values = {"instance_id": instance_id, "sop_instance_uid": sop_instance_uid,
-                  "destination": destination, "outcome": outcome, "dimse_status": dimse_status,
-                  "detail": detail, "attempt": attempt, "at": at.isoformat(),
-                  "event_key": key, "decision_key": decision_key}  # fmt: skip
-        path = self.folder / f"{key}{FORWARD_SUFFIX}"
-        write_atomic(path, json.dumps(values, default=str).encode(), self.tmp)
-        self._write_through(path)
+        key = ordered_name(self._sequence)
+        self._journal(f"{key}{FORWARD_SUFFIX}", {
+            "instance_id": instance_id, "sop_instance_uid": sop_instance_uid,
+            "destination": destination, "outcome": outcome, "dimse_status": dimse_status,
+            "detail": detail, "attempt": attempt, "at": at.isoformat(), "event_key": key,
+            "decision_key": decision_key})  # fmt: skip
 
     def record_association(self, at: datetime, outcome: str, calling_ae: str, called_ae: str,
                            peer_address: str, reason: str | None = None) -> None:
         """Journal an answered association request, then write it."""
-        key = self._new_key()
-        values = {"at": at.isoformat(), "outcome": outcome, "calling_ae": calling_ae,
-                  "called_ae": called_ae, "peer_address": peer_address, "reason": reason,
-                  "event_key": key}  # fmt: skip
-        path = self.folder / f"{key}{ASSOCIATION_SUFFIX}"
-        write_atomic(path, json.dumps(values).encode(), self.tmp)
-        self._write_through(path)
+        key = ordered_name(self._sequence)
+        self._journal(f"{key}{ASSOCIATION_SUFFIX}", {
+            "at": at.isoformat(), "outcome": outcome, "calling_ae": calling_ae,
+            "called_ae": called_ae, "peer_address": peer_address, "reason": reason,
+            "event_key": key})  # fmt: skip
 
-    def _new_key(self) -> str:
-        return f"{time.time_ns():020d}-{next(self._sequence) % 1_000_000:06d}"
+    def _journal(self, name: str, values: dict[str, Any]) -> int | None:
+        """Write one event's file, then the event itself (or leave it for the writer)."""
+        path = self.folder / name
+        write_atomic(path, json.dumps(values, default=str).encode(), self.tmp)
+        return self._write_through(path)
 
     def pending(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(".json"))

@@ -21,7 +21,7 @@ from dicomnode.log_journal import LogJournal
 from dicomnode.metrics import MetricsServer, NodeMetrics, attach_to_node
 from dicomnode.pipeline import Pipeline
 from dicomnode.receive import AssociationEvent, Receiver
-from dicomnode.spool import JOURNAL, OUTGOING, TMP, Spool
+from dicomnode.spool import JOURNAL, OUTGOING, RESTART_NEEDED, TMP, Spool
 from dicomnode.spool_retention import SpoolRetention
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Node:
         if gap is not None:  # before a port opens: nothing may be acknowledged into nowhere
             raise ConfigError(f"refusing to start: {gap}")
         self.spool.lock()  # before ensure(), which clears tmp/: that may be another node's
-        (self.spool.root / "restart-needed").unlink(missing_ok=True)  # this start is the restart
+        (self.spool.root / RESTART_NEEDED).unlink(missing_ok=True)  # this start is the restart
         names = [d.name for d in self.config.destinations]
         self.spool.ensure(names)
         if self.log_store is None:

@@ -24,7 +24,7 @@ from dicomnode.hardening import destination_tls_args
 from dicomnode.identity import node_ae
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import write_atomic
-from dicomnode.transcode import FALLBACK_SYNTAXES, fallback_target, reencode
+from dicomnode.transcode import FALLBACK_SYNTAXES, NoTargetSyntax, fallback_target, reencode
 
 # Send files from disk as stored (no decode/re-encode): what the node received, or tagged, goes out
 # byte for byte, and files pydicom cannot parse can still be passed on untouched.
@@ -202,13 +202,16 @@ class DicomSender:
         if not accepted:
             return Delivery("failed", None,
                             f"permanent: SOP class not supported by peer ({sop_class})")
-        target = fallback_target(accepted, has_pixels=_has_pixel_data(path))
+        no_syntax = Delivery("failed", None, f"permanent: peer accepts {sop_class} only in "
+                                             f"{sorted(accepted)}, none of which the node can "
+                                             f"produce from {ts}")  # fmt: skip
+        target = fallback_target(accepted)
         if target is None:
-            return Delivery("failed", None, f"permanent: peer accepts {sop_class} only in "
-                                            f"{sorted(accepted)}, none of which the node can "
-                                            f"produce from {ts}")  # fmt: skip
+            return no_syntax
         try:
             return reencode(path, ts, target)
+        except NoTargetSyntax:  # no pixel data to compress, and no native syntax accepted
+            return no_syntax
         except Exception as exc:
             return image_retry(f"peer refused {ts}; cannot re-encode to {target.name}: "
                                f"{type(exc).__name__}: {exc}")
@@ -224,13 +227,6 @@ class DicomSender:
     def close(self) -> None:
         self.release()
         self.ae.shutdown()
-
-
-def _has_pixel_data(path: Path) -> bool:
-    try:  # deferred: large values stay on disk, the element is still listed
-        return "PixelData" in pydicom.dcmread(path, defer_size=1024)
-    except Exception:
-        return True  # let the encoder say what is wrong
 
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from dicomnode.tag import CR_IMAGE
+from pydicom.uid import ComputedRadiographyImageStorage
 
 MAX_SERIES = 10_000  # series remembered (oldest forgotten first): a few MB at most
 
@@ -26,7 +26,7 @@ class SeriesViews:
     def note(self, sop_class_uid: str | None, series_uid: str | None, sop_instance_uid: str,
              view: str | None) -> str | None:
         """Record this instance's view; a note for the log when its CR series holds others."""
-        if sop_class_uid != CR_IMAGE or not series_uid or not view:
+        if sop_class_uid != ComputedRadiographyImageStorage or not series_uid or not view:
             return None
         with self._lock:
             views = self._series.setdefault(series_uid, {})

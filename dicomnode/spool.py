@@ -56,7 +56,13 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     _fsync_dir(path.parent)
 
 
+def ordered_name(sequence: Iterator[int]) -> str:
+    """Nanosecond clock + a process counter: names sort in creation order and never collide."""
+    return f"{time.time_ns():020d}-{next(sequence) % 1_000_000:06d}"
+
+
 LOCK_FILE = ".lock"  # held (flock) by the one node that owns this spool; holds its PID
+RESTART_NEEDED = "restart-needed"  # why the running node needs a restart (a reload's); `health`
 
 
 class SpoolInUse(RuntimeError):
@@ -107,9 +113,8 @@ class Spool:
             leftover.unlink(missing_ok=True)
 
     def new_name(self) -> str:
-        # Nanosecond clock + a process counter: names sort in arrival order and never collide.
         with self._sequence_lock:
-            return f"{time.time_ns():020d}-{next(self._sequence) % 1_000_000:06d}"
+            return ordered_name(self._sequence)
 
     # -- receive -------------------------------------------------------------------------------
     def accept(self, encoded_file: bytes, meta: dict[str, Any]) -> Path:

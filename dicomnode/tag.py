@@ -11,7 +11,12 @@ from datetime import datetime, timezone
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
 
 from dicomnode import SOFTWARE_NAME, __version__
 from dicomnode.classify import Prediction
@@ -21,17 +26,8 @@ from dicomnode.config import TagConfig, body_part_key
 # decubitus, …) is "other": it contradicts a frontal or lateral call.
 FRONTAL_TERMS = frozenset({"AP", "PA"})
 LATERAL_TERMS = frozenset({"LL", "RL", "LAT", "LATERAL"})
-# View Code Sequence (0054,0220) codes (CID 4010, SNOMED CT and the older SNOMED-RT values)
-# -> the ViewPosition term they mean; other codes (obliques, axial, …) map to their meaning.
-VIEW_CODES = {
-    "399348003": "AP", "R-10206": "AP",
-    "272479007": "PA", "R-10214": "PA",
-    "399198007": "RL", "R-10232": "RL",
-    "399173006": "LL", "R-10236": "LL",
-    "399067008": "LATERAL", "R-10220": "LATERAL",
-}
-
 # The ViewPosition term -> the CID 4010 "DX View" code the node writes beside it (SNOMED CT).
+# Read back, a code or meaning means the first term listed with it (lateral: LATERAL).
 CODED_VIEWS = {
     "AP": ("399348003", "antero-posterior"),
     "PA": ("272479007", "postero-anterior"),
@@ -40,16 +36,23 @@ CODED_VIEWS = {
     "LATERAL": ("399067008", "lateral"),
     "LAT": ("399067008", "lateral"),
 }
+_FIRST_TERMS = list(reversed(CODED_VIEWS.items()))  # reversed: the first term listed wins
+# View Code Sequence (0054,0220) codes (CID 4010 SNOMED CT, and the older SNOMED-RT values) and
+# code meanings -> the ViewPosition term they mean; other codes (obliques, axial, …) map to
+# their meaning.
+VIEW_CODES = {code: term for term, (code, _) in _FIRST_TERMS} | {
+    "R-10206": "AP", "R-10214": "PA", "R-10232": "RL", "R-10236": "LL", "R-10220": "LATERAL"}
+VIEW_MEANINGS = {meaning.upper(): term for term, (_, meaning) in _FIRST_TERMS}
 
 # SOP classes whose IOD has ViewPosition (0018,5101) with the AP / PA / LL / RL terms: the CR
 # Series module (PS3.3 C.8.1.1) and DX Positioning (C.8.11.5). Mammography's DX Positioning uses
 # other terms (CC, MLO), intra-oral images no such terms, Secondary Capture no ViewPosition at all.
-CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-TAGGABLE_SOP_CLASSES = frozenset({CR_IMAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING})
+TAGGABLE_SOP_CLASSES = frozenset({ComputedRadiographyImageStorage,
+                                  DigitalXRayImageStorageForPresentation,
+                                  DigitalXRayImageStorageForProcessing})  # fmt: skip
 # In DX, View Code Sequence is Type 1 beside ViewPosition: the node writes both (C.8.11.5).
-CODED_VIEW_SOP_CLASSES = frozenset({DX_FOR_PRESENTATION, DX_FOR_PROCESSING})
+CODED_VIEW_SOP_CLASSES = frozenset({DigitalXRayImageStorageForPresentation,
+                                    DigitalXRayImageStorageForProcessing})  # fmt: skip
 
 MODIFYING_EQUIPMENT = ("109103", "DCM", "Modifying Equipment")
 MODIFYING_SYSTEM = f"{SOFTWARE_NAME} {__version__}"
@@ -103,9 +106,7 @@ def coded_view(ds: Dataset) -> str | None:
     if code in VIEW_CODES:
         return VIEW_CODES[code]
     meaning = " ".join(str(item.get("CodeMeaning", "") or "").upper().split())
-    by_meaning = {"ANTERO-POSTERIOR": "AP", "POSTERO-ANTERIOR": "PA", "LEFT LATERAL": "LL",
-                  "RIGHT LATERAL": "RL", "LATERAL": "LATERAL"}
-    return by_meaning.get(meaning, meaning[:16] or None)  # the log keeps 16 characters
+    return VIEW_MEANINGS.get(meaning, meaning[:16] or None)  # the log keeps 16 characters
 
 
 def current_view(ds: Dataset) -> str | None:

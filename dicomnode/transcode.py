@@ -32,18 +32,25 @@ LOSSLESS_ENCODINGS = (RLELossless, JPEG2000Lossless)
 FALLBACK_SYNTAXES = NATIVE_SYNTAXES + LOSSLESS_ENCODINGS
 
 
-def fallback_target(accepted: set[str], has_pixels: bool = True) -> UID | None:
-    """The syntax to re-encode into, of those the peer accepted; None when there is none. A
-    dataset without pixel data can only go native (the compressed syntaxes encode pixels)."""
-    choices = FALLBACK_SYNTAXES if has_pixels else NATIVE_SYNTAXES
-    return next((uid for uid in choices if uid in accepted), None)
+def fallback_target(accepted: set[str]) -> UID | None:
+    """The syntax to re-encode into, of those the peer accepted (native first); None when
+    there is none."""
+    return next((uid for uid in FALLBACK_SYNTAXES if uid in accepted), None)
+
+
+class NoTargetSyntax(ValueError):
+    """The peer accepts none of the syntaxes the node can produce for this dataset."""
 
 
 def reencode(path: Path, source_syntax: str, target: UID) -> Dataset:
-    """The instance in `path`, encoded in `target`; raises on a file that cannot be decoded or
-    encoded (the forwarder counts that against this image, not the link)."""
+    """The instance in `path`, encoded in `target` (fallback_target's choice); raises
+    NoTargetSyntax for a dataset without pixel data when the target compresses pixels (the
+    target is compressed only when the peer took no native syntax), and anything else on a
+    file that cannot be decoded or encoded (the forwarder counts that against this image)."""
     source = UID(source_syntax)
     ds = decompress_isolated(path) if source.is_compressed else pydicom.dcmread(path)
+    if target in LOSSLESS_ENCODINGS and "PixelData" not in ds:
+        raise NoTargetSyntax(source_syntax)
     if target in LOSSLESS_ENCODINGS:
         ds.compress(target, generate_instance_uid=False)  # both reversible: same instance
     else:

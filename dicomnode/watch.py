@@ -31,7 +31,7 @@ from watchdog.observers import Observer
 from dicomnode.config import ConfigError, NodeConfig
 from dicomnode.config_file import delivery_gap
 from dicomnode.identity import set_implementation
-from dicomnode.spool import FAILED, OUTGOING, SENT
+from dicomnode.spool import FAILED, OUTGOING, RESTART_NEEDED, SENT
 
 log = logging.getLogger(__name__)
 
@@ -297,9 +297,6 @@ def reload_refusal(node: Any, new: NodeConfig) -> str | None:
                     f"wait in outgoing/{dest.name}/: keep it until they are delivered, or move "
                     f"them (`dicomnode queue list --dest {dest.name}`)")
     return None
-
-
-RESTART_NEEDED = "restart-needed"  # in the spool: why the running node needs a restart
 
 
 def mark_restart_needed(spool: Any, reason: str) -> None:
