@@ -151,7 +151,7 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
             except Exception as exc:  # unusable TLS files: the peer cannot be reached
                 problem: str | None = str(exc)
             else:
-                _, problem = _c_echo(dest.calling_ae_title or "DICOMNODE", dest.host,
+                _, problem = _c_echo(dest.calling_ae_title or config.receive.ae_title, dest.host,
                                      dest.port, dest.ae_title, min(timeout, 5.0), tls_args)
             parts.append("unreachable" if problem else "reachable")
         parts.append(f"queue {len(names)}")
