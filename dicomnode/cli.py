@@ -312,14 +312,19 @@ def health(
         float, typer.Option("--max-failing-min",
                             help="unhealthy when a destination has failed this long")
     ] = 10.0,
+    discarded_window_min: Annotated[
+        float, typer.Option("--discarded-window-min",
+                            help="DEGRADED while a discard rule dropped images this recently")
+    ] = 60.0,
 ) -> None:
     """Check the running node: C-ECHO its listener (TLS when configured), the log database,
     the spool's free space, and each destination (reachable, queue, oldest waiting, failing
-    for how long). One line; exit 0 when healthy, 1 when not (systemd, Docker)."""
+    for how long). One line: OK, DEGRADED (failed/ not empty, recent discards, restart
+    needed) or FAIL; exit 1 on FAIL only (systemd, Docker restart on non-zero)."""
     from dicomnode.health import check_health
 
     report = check_health(_load(config), timeout, int(min_free_mib * 1024 * 1024),
-                          max_failing_min * 60.0)  # fmt: skip
+                          max_failing_min * 60.0, discarded_window_min * 60.0)  # fmt: skip
     typer.echo(report.line)
     raise typer.Exit(0 if report.ok else 1)
 

@@ -4,10 +4,16 @@ Healthy means: the node answers C-ECHO on its own listener (over TLS when config
 file system has room, the log database answers, and no destination has been failing (the head
 of its queue not delivered) for longer than --max-failing-min. The line also says, per
 destination, whether it answers C-ECHO, how many images wait and for how long.
+
+Three states, one line each: `OK`, `DEGRADED` (working, with something an operator should look
+at: images given up on in failed/, images a discard rule sent nowhere within the last
+--discarded-window-min, a reload that needs a restart) and `FAIL`. Exit 0 for OK and DEGRADED
+(a restart fixes none of those; Docker and systemd restart on non-zero), 1 for FAIL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,22 +24,26 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 DEFAULT_MIN_FREE_BYTES = 512 * MiB
 DEFAULT_MAX_FAILING_S = 600.0  # a destination failing this long makes the node unhealthy
+DEFAULT_DISCARDED_WINDOW_S = 3600.0  # discards this recent make the node DEGRADED
 
 
 @dataclass
 class HealthReport:
     problems: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # DEGRADED: look at it, still working
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     @property
+    def state(self) -> str:
+        return "FAIL" if self.problems else "DEGRADED" if self.warnings else "OK"
+
+    @property
     def line(self) -> str:
-        if self.ok:
-            return "OK " + "; ".join(self.facts)
-        return "FAIL " + "; ".join(self.problems + self.facts)
+        return f"{self.state} " + "; ".join(self.problems + self.warnings + self.facts)
 
 
 def _c_echo(calling_ae: str, host: str, port: int, called_ae: str, timeout: float,
@@ -82,17 +92,22 @@ def _echo(config: Any, timeout: float) -> tuple[str | None, str | None]:
     return f"echo {target} {elapsed_ms:.0f} ms", None
 
 
-def _spool(config: Any, min_free_bytes: int) -> tuple[list[str], list[str]]:
-    from dicomnode.spool import FAILED, INCOMING, OUTGOING, PROCESSING, Spool
+def _spool(config: Any, min_free_bytes: int,
+           discarded_window_s: float = DEFAULT_DISCARDED_WINDOW_S) -> tuple[list[str], list[str],
+                                                                       list[str]]:
+    """(facts, problems, warnings) of the spool: free space, in flight, queued, failed/ and
+    recent discards."""
+    from dicomnode.spool import DISCARDED, FAILED, INCOMING, OUTGOING, PROCESSING, SENT, Spool
 
     root = Path(config.spool.path)
     probe = root if root.exists() else root.parent
     facts: list[str] = []
     problems: list[str] = []
+    warnings: list[str] = []
     try:
         free = shutil.disk_usage(probe).free
     except OSError as exc:
-        return facts, [f"spool {root}: {exc.strerror or exc}"]
+        return facts, [f"spool {root}: {exc.strerror or exc}"], warnings
     disk = f"disk {free / GiB:.1f} GiB free"
     if free < min_free_bytes:
         problems.append(f"{disk} (< {min_free_bytes / MiB:.0f} MiB)")
@@ -105,8 +120,31 @@ def _spool(config: Any, min_free_bytes: int) -> tuple[list[str], list[str]]:
         queued = {k.split("/", 1)[1]: v for k, v in counts.items() if k.startswith(OUTGOING + "/")}
         failed = sum(v for k, v in counts.items() if k.startswith(FAILED + "/"))
         backlog = ", ".join(f"{name} {n}" for name, n in queued.items() if n) or "none"
-        facts.append(f"in flight {in_flight}; queued: {backlog}; failed {failed}")
-    return facts, problems
+        facts.append(f"in flight {in_flight}; queued: {backlog}")
+        if failed:
+            where = ", ".join(k.split("/", 1)[1] for k, v in counts.items()
+                              if k.startswith(FAILED + "/") and v)
+            warnings.append(f"failed {failed} (given up on, in failed/{where}: see `dicomnode "
+                            f"queue list`, then retry or purge)")
+        else:
+            facts.append("failed 0")
+        recent = _recent(spool.dir(SENT, DISCARDED), time.time() - discarded_window_s)
+        if recent:
+            warnings.append(f"discarded {recent} in the last {discarded_window_s / 60:.0f} min "
+                            f"(a discard rule sent them nowhere: sent/{DISCARDED}/, `dicomnode "
+                            f"log query --delivery discarded`)")
+    return facts, problems, warnings
+
+
+def _recent(folder: Path, since: float) -> int:
+    """Instances (.json beside each .dcm) written to folder at or after `since`."""
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for meta in folder.glob("*.json"):
+        with contextlib.suppress(OSError):  # purged meanwhile
+            count += meta.stat().st_mtime >= since
+    return count
 
 
 def _log_database(config: Any, timeout: float) -> tuple[str | None, str | None]:
@@ -171,7 +209,7 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
     return facts, problems
 
 
-def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
+def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str], list[str]]:
     """Log events waiting in the spool for the database (an outage, or its catch-up), and a
     reload that needs a restart to apply."""
     from dicomnode.spool import JOURNAL, RESTART_NEEDED
@@ -179,10 +217,10 @@ def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
     folder = Path(config.spool.path) / JOURNAL
     waiting = sorted(folder.glob("*.json")) if folder.is_dir() else []
     rejected = list((folder / "rejected").glob("*.json")) if folder.is_dir() else []
-    facts, problems = [], []
+    facts, problems, warnings = [], [], []
     restart = Path(config.spool.path) / RESTART_NEEDED
     if restart.is_file():
-        facts.append(f"restart needed: {restart.read_text().strip()}")
+        warnings.append(f"restart needed: {restart.read_text().strip()}")
     if waiting:
         age = time.time() - waiting[0].stat().st_mtime
         line = f"log journal: {len(waiting)} events not yet in the database (oldest {age:.0f} s)"
@@ -190,12 +228,13 @@ def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str]]:
     if rejected:
         problems.append(f"log journal: {len(rejected)} events refused by the database, kept in "
                         f"{folder / 'rejected'}")
-    return facts, problems
+    return facts, problems, warnings
 
 
 def check_health(
     config: Any, timeout: float = 10.0, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     max_failing_s: float = DEFAULT_MAX_FAILING_S,
+    discarded_window_s: float = DEFAULT_DISCARDED_WINDOW_S,
 ) -> HealthReport:
     report = HealthReport()
     for fact, problem in (_echo(config, timeout), _log_database(config, timeout)):
@@ -203,9 +242,10 @@ def check_health(
             report.facts.append(fact)
         if problem:
             report.problems.append(problem)
-    for facts, problems in (_spool(config, min_free_bytes),
-                            _destinations(config, timeout, max_failing_s),
-                            _journal(config, max_failing_s)):
+    for facts, problems, warnings in (_spool(config, min_free_bytes, discarded_window_s),
+                                      (*_destinations(config, timeout, max_failing_s), []),
+                                      _journal(config, max_failing_s)):
         report.facts.extend(facts)
         report.problems.extend(problems)
+        report.warnings.extend(warnings)
     return report

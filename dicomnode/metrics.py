@@ -123,9 +123,15 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.discarded = Counter(
+            "dicomnode_images_discarded",
+            "Instances routed nowhere by a discard rule, by rule ((default): the default rule)",
+            ["rule"],
+            registry=self.registry,
+        )
         self.associations = Counter(
             "dicomnode_associations",
-            "Association requests answered, by outcome (accepted, rejected)",
+            "Associations, by outcome (accepted, rejected; aborted: accepted, then aborted)",
             ["outcome"],
             registry=self.registry,
         )
@@ -186,7 +192,10 @@ class NodeMetrics:
         self.failed.labels(destination=destination).inc()
 
     def image_processed(self, entry: Any) -> None:
-        """Pipeline hook: one InstanceLogEntry after classify/tag (skipped images count nowhere)."""
+        """Pipeline hook: one InstanceLogEntry after classify/tag and routing."""
+        routing = entry.routing or {}
+        if routing.get("action") == "discard":
+            self.discarded.labels(rule=(routing.get("rules") or ["(default)"])[-1]).inc()
         if entry.action == "unreadable":
             self.image_unreadable()
         elif entry.label:

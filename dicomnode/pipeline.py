@@ -215,10 +215,10 @@ class Pipeline:
         if series_note:
             entry.decision_reason = "; ".join(filter(None, (entry.decision_reason, series_note)))
         entry.processing_ms = (time.perf_counter() - started) * 1000.0
-        if getattr(self, "metrics", None) is not None:  # set by metrics.attach_to_node
-            self.metrics.image_processed(entry)
         decision = routing.route(self.config, entry, ds)
         entry.routing = decision.as_log()
+        if getattr(self, "metrics", None) is not None:  # set by metrics.attach_to_node
+            self.metrics.image_processed(entry)
         instance_id = None
         if self.instance_log is not None:
             try:

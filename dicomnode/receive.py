@@ -12,7 +12,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 
+from dicomnode.association_audit import AssociationAudit, AssociationEvent
 from dicomnode.config import ReceiveConfig
 from dicomnode.hardening import access_policy, receive_security
 from dicomnode.identity import node_ae, set_implementation
@@ -82,7 +82,8 @@ class Receiver:
         self.spool = spool
         self.on_spooled = on_spooled
         self.disk_guard = disk_guard  # dicomnode.diskguard.DiskGuard or None
-        self.on_association = on_association  # accepted and refused associations: the audit
+        # accepted, refused and aborted associations: the audit
+        self._audit = AssociationAudit(on_association or (lambda _: None), log.exception)
         self.policy = access_policy(config)
         self.ae = build_ae(config)
         self._server: Any = None
@@ -99,8 +100,7 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             *security_handlers,
             (evt.EVT_CONN_CLOSE, free_slot_of_unrequested),
-            (evt.EVT_ACCEPTED, self._audit_association),
-            (evt.EVT_REJECTED, self._audit_association),
+            *self._audit.handlers,
         ]
         try:
             self._server = self.ae.start_server(
@@ -154,14 +154,6 @@ class Receiver:
             except OSError as exc:
                 log.debug("read deadline not set: %s", exc)
 
-    def _audit_association(self, event: evt.Event) -> None:
-        if self.on_association is None:
-            return
-        try:
-            self.on_association(association_event(event))
-        except Exception:  # the audit must not break the association
-            log.exception("could not record an association event")
-
     def handle_store(self, event: evt.Event) -> int | Dataset:
         requestor = event.assoc.requestor
         request = event.request
@@ -194,41 +186,6 @@ class Receiver:
         except Exception:  # the spool has it; the worker's start-up scan will find it
             log.exception("could not notify the pipeline of %s", path.name)
         return STATUS_SUCCESS
-
-
-@dataclass(frozen=True)
-class AssociationEvent:
-    """An association request and the node's answer, for metrics and the audit log."""
-
-    at: datetime
-    outcome: str  # accepted | rejected
-    calling_ae: str
-    called_ae: str
-    peer_address: str
-    reason: str | None  # rejected: "result/source/reason" codes and their meaning
-
-
-REJECT_REASONS = {(1, 1): "no reason given", (1, 2): "application context not supported",
-                  (1, 3): "calling AE title not recognised",
-                  (1, 7): "called AE title not recognised", (3, 1): "temporary congestion",
-                  (3, 2): "local limit exceeded (receive.max_associations)"}  # fmt: skip
-
-
-def association_event(event: evt.Event) -> AssociationEvent:
-    assoc = event.assoc
-    request = assoc.requestor.primitive
-    calling = str(getattr(request, "calling_ae_title", "") or assoc.requestor.ae_title).strip()
-    called = str(getattr(request, "called_ae_title", "") or assoc.acceptor.ae_title).strip()
-    reason = None
-    if event.event == evt.EVT_REJECTED:
-        answer = assoc.acceptor.primitive
-        codes = (int(answer.result), int(answer.result_source), int(answer.diagnostic))
-        meaning = REJECT_REASONS.get(codes[1:], "")
-        reason = f"{codes[0]:#04x}/{codes[1]:#04x}/{codes[2]:#04x} {meaning}".strip()
-    return AssociationEvent(
-        datetime.now(timezone.utc),
-        "rejected" if event.event == evt.EVT_REJECTED else "accepted",
-        calling, called, f"{assoc.requestor.address}:{assoc.requestor.port}", reason)
 
 
 class ListenerError(OSError):

@@ -4,6 +4,7 @@
     processing/          claimed by a worker (moved back to incoming/ on start-up: resume)
     outgoing/<dest>/     classified/tagged, waiting for that destination's forwarder
     sent/<dest>/         delivered
+    sent/_discarded/     routed nowhere by a discard rule (kept like sent/ copies, then purged)
     failed/<dest>/       given up on; the .json beside the file says why
 
 Every instance is a pair NAME.dcm + NAME.json (what the node knows about it: peer, times, log id).
@@ -29,6 +30,7 @@ INCOMING, PROCESSING, OUTGOING, SENT, FAILED, TMP = (
 )  # fmt: skip
 JOURNAL = "journal"  # log events waiting for the database (dicomnode.log_journal)
 PIPELINE_FAILED = "_pipeline"  # failed/<this>/: instances the pipeline itself could not handle
+DISCARDED = "_discarded"  # sent/<this>/: instances a discard rule sent nowhere, on purpose
 
 
 def _fsync_dir(path: Path) -> None:
@@ -183,8 +185,8 @@ class Spool:
             staged.unlink(missing_ok=True)
             os.link(payload, staged)  # one copy on disk however many destinations
             os.replace(staged, out_dir / f"{name}.dcm")
-        if not destinations:  # nowhere to go: it is done
-            sent = self.dir(SENT, "_nowhere")
+        if not destinations:  # a discard rule: it is done (config refuses routing gaps)
+            sent = self.dir(SENT, DISCARDED)
             sent.mkdir(parents=True, exist_ok=True)
             write_atomic(sent / f"{name}.json", _dumps(meta), self.dir(TMP))
             os.link(payload, sent / f"{name}.dcm")

@@ -160,7 +160,7 @@ def test_cli_rejects_bad_input_with_a_clear_message(populated, db_url):
     assert result.exit_code == 2
     assert "--since" in result.stderr and "ISO" in result.stderr
     result = runner.invoke(log_app, ["query", "--db", db_url, "--delivery", "maybe"])
-    assert result.exit_code == 2 and "delivered, failed, pending, none" in result.stderr
+    assert result.exit_code == 2 and "delivered, failed, pending, discarded, none" in result.stderr
 
 
 def test_cli_summary_json_and_text(populated, db_url):

@@ -56,6 +56,47 @@ def test_an_empty_default_route_is_refused_but_an_explicit_discard_runs(start_no
         assert node.wait_idle(30)
     (line,) = [r for r in caplog.records if r.name == "dicomnode.pipeline"]
     assert "discarded by (default)" in line.getMessage() and line.levelno == logging.INFO
+    assert_discard_is_visible(node, tmp_path, rule="(default)")
+
+
+def assert_discard_is_visible(node: Node, tmp_path: Path, rule: str) -> None:
+    """A discarded instance: counted, in sent/_discarded/, flagged in the log, and DEGRADED."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+    from dicomnode.health import check_health
+    from dicomnode.spool import DISCARDED, SENT
+
+    assert node.metrics.discarded.labels(rule)._value.get() == 1
+    assert len(list(node.spool.dir(SENT, DISCARDED).glob("*.dcm"))) == 1
+    flagged = CliRunner().invoke(app, ["log", "query", "--db", node.config.log.url,
+                                       "--delivery", "discarded", "--format", "jsonl"])
+    assert flagged.exit_code == 0, flagged.output
+    (row,) = [json.loads(x) for x in flagged.output.splitlines()]
+    assert row["delivery"] == "discarded" and row["routing"]["rules"][-1] == rule
+    none = CliRunner().invoke(app, ["log", "query", "--db", node.config.log.url,
+                                    "--delivery", "none", "--format", "jsonl"])
+    assert none.output.strip() == ""  # no longer "none": it is not waiting for anything
+    data = node.config.model_dump(mode="json")
+    data["receive"]["port"] = node.port
+    report = check_health(NodeConfig.model_validate(data), timeout=3)
+    assert report.ok and report.state == "DEGRADED", report.line
+    assert report.line.startswith("DEGRADED discarded 1 in the last 60 min")
+    later = check_health(NodeConfig.model_validate(data), timeout=3, discarded_window_s=0.0)
+    assert later.state == "OK", later.line  # outside the window: a fact no longer shown
+
+
+def test_a_discard_rule_is_counted_flagged_and_shown_in_health(start_node, tmp_path):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    node = start_node([outbox], routing={"rules": [
+        {"name": "drop-room-9", "when": {"calling_ae": "ROOM9"}, "action": "discard"}],
+        "default": {"destinations": ["outbox"]}}, **NO_CLASSIFY)
+    images = make_images(tmp_path / "images", 2)
+    assert send_files(node.port, images[0], calling_ae="ROOM9") == [0]
+    assert send_files(node.port, images[1]) == [0]
+    assert node.wait_idle(30)
+    assert len(list((tmp_path / "outbox").rglob("*.dcm"))) == 1
+    assert_discard_is_visible(node, tmp_path, rule="drop-room-9")
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -333,6 +374,64 @@ def test_refused_and_accepted_associations_are_counted_logged_and_queryable(star
     assert line["calling_ae"] == "INTRUDER" and line["outcome"] == "rejected"
 
 
+def test_aborted_associations_are_recorded_with_who_aborted_and_how(start_node, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from tests.node_helpers import NODE_AE
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    node = start_node([outbox], **NO_CLASSIFY)
+
+    def established(calling: str):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        return ae, assoc
+
+    ae, assoc = established("ABORTER")
+    assoc.abort()  # A-ABORT from the service user
+    ae.shutdown()
+    ae, assoc = established("CUTOFF")
+    assoc.dul.socket.socket.shutdown(2)  # the cable pulled: no A-ABORT, no A-RELEASE
+    deadline = time.monotonic() + 15
+    while len(node.log_store.associations(outcome="aborted")) < 2:
+        assert time.monotonic() < deadline, [tuple(r) for r in node.log_store.associations()]
+        time.sleep(0.05)
+    ae.shutdown()
+    aborted = {r.calling_ae: r.reason for r in node.log_store.associations(outcome="aborted")}
+    assert aborted == {
+        "ABORTER": "A-ABORT from the peer (source: service user)",
+        "CUTOFF": "connection lost or cut off (A-P-ABORT: closed mid-association, the read "
+                  "deadline, or a protocol error)"}
+    assert node.metrics.associations.labels("aborted")._value.get() == 2
+    assert node.metrics.associations.labels("accepted")._value.get() == 2
+
+
+def test_failed_images_make_health_degraded_not_failed(tmp_path, start_node):
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+    from dicomnode.spool import FAILED
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    config = node_config(tmp_path, [outbox], **NO_CLASSIFY)
+    node = start_node([], config=config)
+    data = config.model_dump(mode="json")
+    data["receive"]["port"] = node.port
+    path = write_yaml(tmp_path / "node.yaml", data)
+    healthy = CliRunner().invoke(app, ["health", "-c", str(path), "--timeout", "3"])
+    assert healthy.exit_code == 0 and healthy.output.startswith("OK "), healthy.output
+    given_up = node.spool.dir(FAILED, "outbox")
+    given_up.mkdir(parents=True, exist_ok=True)
+    (given_up / "0001.json").write_text('{"error": "refused: 0xA900"}')
+    (given_up / "0001.dcm").write_bytes(b"kept")
+    degraded = CliRunner().invoke(app, ["health", "-c", str(path), "--timeout", "3"])
+    assert degraded.exit_code == 0, degraded.output  # a restart would not fix it
+    assert degraded.output.startswith("DEGRADED failed 1 (given up on, in failed/outbox")
+
+
 def test_a_reload_that_needs_a_restart_says_so_in_health(start_node, tmp_path):
     from dicomnode.health import check_health
 
@@ -346,6 +445,7 @@ def test_a_reload_that_needs_a_restart_says_so_in_health(start_node, tmp_path):
     assert watcher.reload() is True
     data["receive"]["port"] = node.port
     report = check_health(load_config(write_yaml(path, data)), timeout=3)
+    assert report.state == "DEGRADED", report.line
     assert "restart needed: receive settings changed in a reload" in report.line
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dicomnode.logdb.entry import patient_id_in_configured_form
+from dicomnode.logdb.entry import ASSOCIATION_OUTCOMES, patient_id_in_configured_form
 from dicomnode.logdb.query import (
     DELIVERY_STATUSES,
     LIST_COLUMNS,
@@ -343,7 +343,7 @@ def purge_command(
 @log_app.command("associations")
 def associations_command(
     outcome: Annotated[
-        str | None, typer.Option(help="accepted or rejected (default: both)")
+        str | None, typer.Option(help="accepted, rejected or aborted (default: all)")
     ] = None,
     limit: Annotated[int, typer.Option(help="newest rows shown")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
@@ -351,9 +351,10 @@ def associations_command(
     config: ConfigOption = None,
 ) -> None:
     """Association requests the node answered, newest first: when, accepted or rejected (with
-    the A-ASSOCIATE-RJ result/source/reason), calling and called AE title, peer address."""
-    if outcome is not None and outcome not in ("accepted", "rejected"):
-        raise fail(f"--outcome {outcome!r}: use accepted or rejected")
+    the A-ASSOCIATE-RJ result/source/reason), and accepted ones that ended in an abort (who
+    aborted, how); calling and called AE title, peer address."""
+    if outcome is not None and outcome not in ASSOCIATION_OUTCOMES:
+        raise fail(f"--outcome {outcome!r}: use one of {', '.join(ASSOCIATION_OUTCOMES)}")
     store = open_store(db, config)
     try:
         rows = store.associations(outcome=outcome, limit=limit)

@@ -9,6 +9,8 @@ from datetime import datetime
 
 # The action the tag stage took, one per instance.
 ACTIONS = ("written", "agrees", "disagrees", "overwritten", "uncertain", "skipped", "unreadable")
+# What became of an association (the associations table): aborted = accepted, then aborted.
+ASSOCIATION_OUTCOMES = ("accepted", "rejected", "aborted")
 
 
 @dataclass

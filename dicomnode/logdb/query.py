@@ -4,7 +4,8 @@ Delivery status of an instance is derived from its forward attempts, per destina
   delivered - every destination it was attempted to has a "sent" attempt
   failed    - some destination has a "failed" attempt and no "sent" one
   pending   - attempted, neither of the above (only retries so far for some destination)
-  none      - no attempt recorded (not routed anywhere, or not yet forwarded)
+  discarded - a routing rule (or the default) discarded it: sent nowhere on purpose
+  none      - no attempt recorded yet (queued, not yet forwarded)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dicomnode.logdb.entry import ACTIONS
 from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow, ModelVersionRow, PurgeRow
 from dicomnode.logdb.store import LogStore, from_stored, to_utc_naive
 
-DELIVERY_STATUSES = ("delivered", "failed", "pending", "none")
+DELIVERY_STATUSES = ("delivered", "failed", "pending", "discarded", "none")
 # Actions where the modality supplied a view position the classifier could be compared with.
 COMPARED_ACTIONS = ("agrees", "disagrees", "overwritten")
 DISAGREEING_ACTIONS = ("disagrees", "overwritten")
@@ -75,7 +76,15 @@ def _attempt_exists(*conditions) -> Any:
     return exists().where(ForwardAttemptRow.instance_id == InstanceRow.id, *conditions)
 
 
+def _discarded() -> Any:
+    """Routing sent the instance nowhere on purpose (route.RoutingDecision.as_log)."""
+    # coalesce: rows whose routing has no action key (older rows) are not discarded, not NULL
+    return func.coalesce(InstanceRow.routing["action"].as_string(), "") == "discard"
+
+
 def _delivery_condition(status: str):
+    if status == "discarded":
+        return _discarded()
     other = aliased(ForwardAttemptRow)
     sent_to_same_destination = (
         exists()
@@ -92,7 +101,7 @@ def _delivery_condition(status: str):
         ForwardAttemptRow.outcome == "failed", not_(sent_to_same_destination)
     )
     if status == "none":
-        return not_(any_attempt)
+        return and_(not_(any_attempt), not_(_discarded()))
     if status == "delivered":
         return and_(any_attempt, not_(unsent_destination))
     if status == "failed":
@@ -202,7 +211,8 @@ def find_instances(
         rows = [_row_dict(row) for row in connection.execute(statement).mappings()]
     delivery = delivery_by_instance(store, [row["id"] for row in rows])
     for row in rows:
-        row["delivery"] = delivery[row["id"]]
+        discarded = (row.get("routing") or {}).get("action") == "discard"
+        row["delivery"] = "discarded" if discarded else delivery[row["id"]]
     return rows
 
 
