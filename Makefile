@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SHARED_DIR ?= $(abspath ../shared)
 export DICOMNODE_SHARED := $(SHARED_DIR)
 
-.PHONY: run test setup setup-test setup-training lint system-deps clean
+.PHONY: run test setup setup-test setup-training lint system-deps check-aarch64-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: setup-test
 PYTEST_ARGS ?=
 test: system-deps setup-test lint
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/pytest -q $(PYTEST_ARGS)'
+
+# Every runtime dependency is a wheel for linux aarch64 / CPython 3.10 (the Jetson), from PyPI.
+check-aarch64-wheels: $(BIN)/python
+	deploy/check-aarch64-wheels.sh $(BIN)/pip
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

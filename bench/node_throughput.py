@@ -1,4 +1,4 @@
-"""Node throughput beside a plain store-and-forward relay (issue 5, item 3).
+"""Node throughput beside a plain store-and-forward relay (issues 5 and 16).
 
 A sender streams N fresh instances over one association per input set to (a) bench/relay.py, a
 pynetdicom SCP that spools atomically and forwards (no parsing, no classification, no log) and
@@ -6,7 +6,9 @@ pynetdicom SCP that spools atomically and forwards (no parsing, no classificatio
 both forward to the same kind of sink SCP (bench/sink.py, its own process). Per input set:
 images/s end to end (first C-STORE sent -> last instance at the sink), median/p95 C-STORE reply time
 seen by the sender, median receive-to-forwarded latency (reply to the sender -> arrival at the
-sink), CPU seconds and peak RSS of the relay/node process.
+sink), CPU seconds and peak RSS of the relay/node process. The same figures per kind:
+pass-through (SOP classes the node never classifies: CT, ...) and classified (CR, DX). The mixed
+set streams a CT series on one association while CR films arrive on a second, at once.
 
 Run inside a loopback-only namespace, like the tests:
   unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.node_throughput'
@@ -21,6 +23,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 from bench.common import SHARED, median, percentile, print_table, write_json
 from bench.peers import (
     RssSampler,
+    Sent,
     Server,
     Template,
     node_config,
@@ -47,8 +51,24 @@ INPUT_SETS = {
     ),
     "DX 2614x3072 12-bit": (["DX__animals_cat.dcm"], 300, 4),
     "small (CR 16x16 + CT 128x128)": (["CR__77654033_CR1_6154.dcm", "CT__CT_small.dcm"], 1000, 20),
+    "CT series 512x512 16-bit": (["CT__693_UNCR.dcm"], 500, 10),
 }
-GOALS = {"throughput_ratio_min": 0.9, "reply_ratio_max": 1.1, "node_rss_mb_max": 250.0}
+# name: {stream: (files, N, N with --quick)}; the streams run at once, each on its association
+MIXED_SETS = {
+    "mixed (CT series + CR films at once)": {
+        "CT series": (["CT__693_UNCR.dcm"], 300, 10),
+        "CR films": (["CR__RG1_UNCR.dcm", "CR__RG1_J2KR.dcm"], 30, 2),
+    },
+}
+CLASSIFIED_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
+                          "1.2.840.10008.5.1.4.1.1.1.1.1"}  # CR, DX (presentation, processing)
+GOALS = {"throughput_ratio_min": 0.9, "reply_ratio_max": 1.1, "node_rss_mb_max": 250.0,
+         "pass_through_latency_ratio_max": 2.0, "pass_through_cpu_ratio_max": 1.3,
+         "first_image_over_steady_max": 2.0}
+
+
+def kind_of(template: Template) -> str:
+    return "classified" if template.sop_class in CLASSIFIED_SOP_CLASSES else "pass-through"
 
 
 def load_average() -> str:
@@ -64,37 +84,73 @@ def clear_sent(spool: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def run_set(target: Server, record: Path, called_ae: str, templates: list[Template], count: int,
-            spool: Path) -> dict[str, Any]:
+def run_set(target: Server, record: Path, called_ae: str,
+            streams: list[tuple[list[Template], int]], spool: Path) -> dict[str, Any]:
+    """One input set: each stream on its own association, all at once; figures overall and per
+    kind (pass-through, classified)."""
     load_before = load_average()
     cpu_before = target.cpu_seconds()
     sampler = RssSampler(target)
     sampler.start()
     incidents: list[dict[str, float]] = []
-    sent = stream(target.port, called_ae, templates, count, incidents)
+    outcomes: list[list[Sent] | BaseException] = [[] for _ in streams]
+
+    def send(index: int, templates: list[Template], count: int) -> None:
+        try:
+            outcomes[index] = stream(target.port, called_ae, templates, count, incidents)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=send, args=(i, t, n)) for i, (t, n) in enumerate(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kinds: dict[str, str] = {}
+    sent: list[Sent] = []
+    for outcome, (templates, _) in zip(outcomes, streams, strict=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        for index, item in enumerate(outcome):  # stream() sends the templates in turn
+            kinds[item.uid] = kind_of(templates[index % len(templates)])
+        sent += outcome
+    sent.sort(key=lambda item: item.started)
+    count = len(sent)
     arrivals = wait_arrivals(record, [s.uid for s in sent], timeout=max(120.0, 3.0 * count))
     cpu_s = target.cpu_seconds() - cpu_before
     rss_mb = sampler.stop()
-    last = max(arrivals[s.uid] for s in sent)
-    replies = [s.reply_ms for s in sent]
-    latencies = [(arrivals[s.uid] - s.replied) * 1000.0 for s in sent]
     clear_sent(spool)
     stages = node_log_stages(spool.parent / "node-log.sqlite3", {s.uid for s in sent})
+    by_kind = {kind: figures([s for s in sent if kinds[s.uid] == kind], arrivals)
+               for kind in sorted(set(kinds.values()))}  # fmt: skip
     return {
         **stages,
-        "n": count,
-        "images_per_s": count / (last - sent[0].started),
+        **figures(sent, arrivals),
+        "by_kind": by_kind,
         "sender_only_images_per_s": count / (sent[-1].replied - sent[0].started),
-        "reply_ms_median": median(replies),
-        "reply_ms_p95": percentile(replies, 95),
-        "receive_to_forwarded_ms_median": median(latencies),
-        "receive_to_forwarded_ms_p95": percentile(latencies, 95),
         "cpu_s": cpu_s,
         "cpu_ms_per_image": cpu_s * 1000.0 / count,
         "peak_rss_mb_in_set": rss_mb,
         "lost_associations": incidents,
         "load_before": load_before,
         "load_after": load_average(),
+    }
+
+
+def figures(sent: list[Sent], arrivals: dict[str, float]) -> dict[str, Any]:
+    """Rate, reply and receive-to-forwarded figures of these instances (sorted by start)."""
+    replies = [s.reply_ms for s in sent]
+    latencies = [(arrivals[s.uid] - s.replied) * 1000.0 for s in sent]
+    last = max(arrivals[s.uid] for s in sent)
+    return {
+        "n": len(sent),
+        "images_per_s": len(sent) / max(last - sent[0].started, 1e-9),
+        "reply_ms_median": median(replies),
+        "reply_ms_p95": percentile(replies, 95),
+        "first_reply_ms": replies[0],
+        "receive_to_forwarded_ms_median": median(latencies),
+        "receive_to_forwarded_ms_p95": percentile(latencies, 95),
+        "first_receive_to_forwarded_ms": latencies[0],
     }
 
 
@@ -120,7 +176,7 @@ def node_log_stages(database: Path, uids: set[str]) -> dict[str, Any]:
     return stages
 
 
-def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], int]],
+def run_target(kind: str, workdir: Path, sets: dict[str, list[tuple[list[Template], int]]],
                profile: Path | None, max_pdu: int, workers: int,
                nice: int | None = None) -> dict[str, Any]:
     workdir.mkdir(parents=True)
@@ -138,8 +194,8 @@ def run_target(kind: str, workdir: Path, sets: dict[str, tuple[list[Template], i
             called_ae, spool = "DICOMNODE", workdir / "node-spool"
         if profile is not None:
             spy = start_profiler(target.process.pid, profile)
-        results = {name: run_set(target, record, called_ae, templates, count, spool)
-                   for name, (templates, count) in sets.items()}  # fmt: skip
+        results = {name: run_set(target, record, called_ae, streams, spool)
+                   for name, streams in sets.items()}  # fmt: skip
         results["process_peak_rss_mb"] = target.peak_rss_mb()  # type: ignore[assignment]
         return results
     finally:
@@ -169,6 +225,8 @@ def thread_role(thread: str, in_child: bool) -> str:
     name = thread.partition("): ")[2]
     if name.startswith("classify-"):
         return "pipeline worker (classify-N)"
+    if name.startswith("pass-through"):
+        return "pipeline worker (pass-through)"
     if name.startswith("forward-"):
         return "forwarder (forward-DEST)"
     if "reactor" in name or name.startswith(("RequestorThread", "AcceptorThread")):
@@ -246,13 +304,16 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
-        sets = {}
-        for name, (files, full_n, quick_n) in INPUT_SETS.items():
+        sets: dict[str, list[tuple[list[Template], int]]] = {}
+        all_sets = {**{name: {name: spec} for name, spec in INPUT_SETS.items()}, **MIXED_SETS}
+        for name, streams in all_sets.items():
             if args.only and args.only not in name:
                 continue
-            templates = [Template(SHARED / CORPUS / f, workdir) for f in files]
-            count = quick_n if args.quick else max(len(files), round(full_n * args.scale))
-            sets[name] = (templates, count)
+            sets[name] = []
+            for files, full_n, quick_n in streams.values():
+                templates = [Template(SHARED / CORPUS / f, workdir) for f in files]
+                count = quick_n if args.quick else max(len(files), round(full_n * args.scale))
+                sets[name].append((templates, count))
         results: dict[str, Any] = {}
         # raw stacks stay in the temporary folder (about 1 MB); the summary goes into the JSON
         profile_raw = workdir / "node_profile.raw.txt" if args.profile else None
@@ -279,11 +340,25 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
             r = results[kind][name]
             rows.append([name, kind, r["n"], f"{r['images_per_s']:.1f}",
                          f"{r['reply_ms_median']:.1f}", f"{r['reply_ms_p95']:.1f}",
-                         f"{r['receive_to_forwarded_ms_median']:.1f}", f"{r['cpu_s']:.1f}",
-                         f"{r['peak_rss_mb_in_set']:.0f}", r["load_before"]])  # fmt: skip
+                         f"{r['receive_to_forwarded_ms_median']:.1f}",
+                         f"{r['cpu_ms_per_image']:.1f}", f"{r['peak_rss_mb_in_set']:.0f}",
+                         r["load_before"]])  # fmt: skip
     print_table(["input set", "target", "N", "images/s", "reply ms median", "reply ms p95",
-                 "recv->fwd ms median", "CPU s", "peak RSS MB", "load before (1/5/15 min)"],
-                rows)  # fmt: skip
+                 "recv->fwd ms median", "CPU ms/image", "peak RSS MB",
+                 "load before (1/5/15 min)"], rows)  # fmt: skip
+    print()
+    krows = []
+    for name in sets:
+        for kind in results:
+            for image_kind, k in results[kind][name]["by_kind"].items():
+                krows.append([name, kind, image_kind, k["n"], f"{k['images_per_s']:.1f}",
+                              f"{k['reply_ms_median']:.1f}", f"{k['first_reply_ms']:.1f}",
+                              f"{k['receive_to_forwarded_ms_median']:.1f}",
+                              f"{k['receive_to_forwarded_ms_p95']:.1f}",
+                              f"{k['first_receive_to_forwarded_ms']:.1f}"])  # fmt: skip
+    print_table(["input set", "target", "kind", "N", "images/s", "reply ms median",
+                 "first reply ms", "recv->fwd ms median", "recv->fwd ms p95",
+                 "first recv->fwd ms"], krows)  # fmt: skip
     for kind in results:
         for name in sets:
             for incident in results[kind][name]["lost_associations"]:
@@ -294,19 +369,7 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
             f"{name}: processing {r.get('node_processing_ms_median', 0):.1f}, "
             f"inference {r.get('node_inference_ms_median', 0):.1f}"
             for name in sets for r in [results["node"][name]]))  # fmt: skip
-    comparison = {}
-    if {"relay", "node"} <= results.keys():
-        print()
-        crows = []
-        for name in sets:
-            relay, node = results["relay"][name], results["node"][name]
-            throughput = node["images_per_s"] / relay["images_per_s"]
-            reply = node["reply_ms_median"] / relay["reply_ms_median"]
-            comparison[name] = {"throughput_ratio": throughput, "reply_ratio": reply}
-            crows.append([name, f"{throughput:.2f}x", _ok(throughput >= 0.9),
-                          f"{reply:.2f}x", _ok(reply <= 1.1)])  # fmt: skip
-        print_table(["input set", "node/relay images/s", ">= 0.9x", "node/relay reply median",
-                     "<= 1.1x"], crows)  # fmt: skip
+    comparison = compare(results, sets) if {"relay", "node"} <= results.keys() else {}
     for kind in results:
         peaks = results[kind]["process_peak_rss_mb"]
         parts = ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if k != "total")
@@ -327,6 +390,48 @@ def report(results: dict[str, Any], sets: dict, args: argparse.Namespace,
             for name, count, share in summary[key]:
                 print(f"  {share:5.1f}%  {count:6d}  {name}")
     print(f"\nwrote {write_json(args.output, payload)}")
+
+
+def compare(results: dict[str, Any], sets: dict) -> dict[str, Any]:
+    """Node against relay, per set and per kind, with the issue's goals."""
+    print()
+    comparison: dict[str, Any] = {}
+    crows = []
+    for name in sets:
+        relay, node = results["relay"][name], results["node"][name]
+        entry = comparison[name] = {
+            "throughput_ratio": node["images_per_s"] / relay["images_per_s"],
+            "reply_ratio": node["reply_ms_median"] / relay["reply_ms_median"],
+            "cpu_ratio": node["cpu_ms_per_image"] / relay["cpu_ms_per_image"],
+            "by_kind": {},
+        }
+        crows.append([name, "all", f"{entry['throughput_ratio']:.2f}x",
+                      _ok(entry["throughput_ratio"] >= 0.9), f"{entry['reply_ratio']:.2f}x",
+                      _ok(entry["reply_ratio"] <= 1.1), "", "", f"{entry['cpu_ratio']:.2f}x",
+                      ""])  # fmt: skip
+        for image_kind, k in node["by_kind"].items():
+            r = relay["by_kind"][image_kind]
+            latency = k["receive_to_forwarded_ms_median"] / r["receive_to_forwarded_ms_median"]
+            first = k["first_receive_to_forwarded_ms"] / max(
+                k["receive_to_forwarded_ms_median"], 1e-9)
+            entry["by_kind"][image_kind] = {
+                "throughput_ratio": k["images_per_s"] / r["images_per_s"],
+                "latency_ratio": latency,
+                "first_over_steady": first,
+            }
+            pure = len(node["by_kind"]) == 1  # CPU per image splits only where one kind ran
+            crows.append([
+                name, image_kind, f"{k['images_per_s'] / r['images_per_s']:.2f}x",
+                _ok(k["images_per_s"] / r["images_per_s"] >= 0.9), "", "",
+                f"{latency:.2f}x",
+                _ok(latency <= 2.0) if image_kind == "pass-through" else "",
+                f"{entry['cpu_ratio']:.2f}x" if pure else "",
+                _ok(entry["cpu_ratio"] <= 1.3) if pure and image_kind == "pass-through" else "",
+            ])  # fmt: skip
+    print_table(["input set", "kind", "node/relay images/s", ">= 0.9x", "reply median",
+                 "<= 1.1x", "recv->fwd median", "<= 2x (pass-through)", "CPU ms/image",
+                 "<= 1.3x (pass-through)"], crows)  # fmt: skip
+    return comparison
 
 
 def _ok(passed: bool) -> str:

@@ -7,6 +7,7 @@ Every server binds 127.0.0.1; run the scripts inside `unshare -n` with lo up, as
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -40,6 +41,9 @@ def new_uid() -> str:
     return f"2.25.{(1 << 128) + uuid.uuid4().int}"
 
 
+_TEMPLATE_NUMBERS = itertools.count()
+
+
 class Template:
     """One source file re-saved with a placeholder SOP Instance UID; `renew()` writes a fresh UID
     over both places it occurs (file meta and dataset) so every send is a new instance without
@@ -52,7 +56,8 @@ class Template:
         placeholder = new_uid()
         ds.SOPInstanceUID = placeholder
         ds.file_meta.MediaStorageSOPInstanceUID = placeholder
-        self.path = workdir / f"template-{source.stem}.dcm"
+        # one file per Template: the same source in two input sets must not share a file
+        self.path = workdir / f"template-{source.stem}-{next(_TEMPLATE_NUMBERS)}.dcm"
         ds.save_as(self.path)
         self.sop_class = str(ds.SOPClassUID)
         self.transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -250,7 +255,10 @@ def node_config(
 
 def start_node(workdir: Path, config: dict[str, Any]) -> Server:
     """The node exactly as deployed: `python -m dicomnode serve --config FILE`."""
-    config_path = workdir / "node.yaml"
+    # its own folder, as /etc/dicomnode: the node watches the config's folder for reloads, and
+    # the log database and server output beside it would wake that watcher on every write
+    config_path = workdir / "config" / "node.yaml"
+    config_path.parent.mkdir(exist_ok=True)
     config_path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "dicomnode", "serve", "--config", str(config_path)]
     return Server("node", argv, workdir / "node.out", r"listening on [^\s:]+:(\d+)")

@@ -120,6 +120,10 @@ class ClassifyConfig(_Strict):
     # CPU niceness of the classify workers and their decode processes: receiving (the C-STORE
     # reply a modality waits for) and forwarding keep priority over the AI on a busy box.
     nice: int = Field(10, ge=0, le=19)
+    # Instances the node never classifies (their SOP class has no view to tag: CT, MR, SR, ...)
+    # take their own lane, past the classify queue: a CT series does not wait behind CR films.
+    # Order is kept within each lane (so within a series), not across lanes; false: one queue.
+    pass_through_lane: bool = True
 
 
 class ThresholdOverrides(_Strict):

@@ -71,10 +71,29 @@ class Limits:
     # 512 MiB of decoded pixels is ~10x the largest single radiograph (43x43 cm at 100 um, 16-bit
     # is ~37 MiB) and still leaves room on an 8 GB Jetson for the float copies windowing makes.
     max_pixel_bytes: int = 512 * MiB
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # the most one image gets, however large it says it is
+    # The deadline of one image scales with its declared size: a radiograph decodes in well under
+    # a second here (bench/README.md), so a small file that decodes for minutes (a hostile
+    # JPEG 2000 codestream) is cut off after seconds instead of holding the queue for timeout_s.
+    min_timeout_s: float = 5.0
+    timeout_per_mpixel_s: float = 1.0
     # Address-space cap of the decode worker; None disables it. Virtual size, not resident:
     # numpy/OpenBLAS and the decoders map a few hundred MiB before touching any pixel.
     worker_memory_bytes: int | None = 4096 * MiB
+
+
+    def deadline_s(self, ds: Dataset | None) -> float:
+        """Seconds the decode of this dataset may take: min_timeout_s + timeout_per_mpixel_s per
+        declared megapixel (rows x columns x frames), at most timeout_s."""
+        if ds is None:
+            return self.timeout_s
+        try:
+            pixels = _int(ds, "Rows", 0) * _int(ds, "Columns", 0) * (
+                _int(ds, "NumberOfFrames", 1) or 1)
+        except GuardError:
+            return self.timeout_s
+        megapixels = max(pixels, 0) / 1e6
+        return min(self.timeout_s, self.min_timeout_s + self.timeout_per_mpixel_s * megapixels)
 
 
 # --- header-only checks -----------------------------------------------------------------------
@@ -372,22 +391,24 @@ class IsolatedDecoder:
             self._ensure_worker()
         return self
 
-    def preprocess_file(self, path: str | Path):
-        """uint8 (224, 224) for the DICOM file at `path`, or a PreprocessError subclass."""
-        return self._call(str(path), path)
+    def preprocess_file(self, path: str | Path, timeout_s: float | None = None):
+        """uint8 (224, 224) for the DICOM file at `path`, or a PreprocessError subclass; killed
+        after timeout_s (default Limits.timeout_s; the pipeline passes Limits.deadline_s)."""
+        return self._call(str(path), path, timeout_s)
 
-    def _call(self, request: object, path: str | Path):
+    def _call(self, request: object, path: str | Path, timeout_s: float | None = None):
+        timeout_s = self.limits.timeout_s if timeout_s is None else timeout_s
         with self._lock:
             conn = self._ensure_worker()
             conn.send(request)
-            if not conn.poll(self.limits.timeout_s):
-                LOGGER.warning(
-                    "decoding %s took over %.1f s; killing the decode worker", path,
-                    self.limits.timeout_s,
-                )  # fmt: skip
+            if not conn.poll(timeout_s):
+                LOGGER.warning("decoding %s took over %g s; killing the decode worker", path,
+                               timeout_s)  # fmt: skip
                 self._stop_worker()
                 self.restarts += 1
-                raise DecodeTimeout(f"processing exceeded {self.limits.timeout_s:g} s")
+                raise DecodeTimeout(f"processing exceeded {timeout_s:g} s (its deadline: "
+                                    f"guard.min_timeout_s + timeout_per_mpixel_s per declared "
+                                    f"megapixel, at most guard.timeout_s)")
             try:
                 reply = conn.recv()
             except (EOFError, OSError) as exc:

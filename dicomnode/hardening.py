@@ -67,7 +67,11 @@ class GuardConfig(_Strict):
     """Hostile-input limits for the classify stage (dicomnode.guard)."""
 
     max_pixel_mib: float = Field(512, gt=0)  # declared or codestream-declared decoded size
-    timeout_s: float = Field(30.0, gt=0)  # per image; over it: logged unreadable, forwarded
+    timeout_s: float = Field(30.0, gt=0)  # per image at most; over it: unreadable, forwarded
+    # Each image's deadline: min_timeout_s + timeout_per_mpixel_s per declared megapixel, at
+    # most timeout_s (a small file that decodes for minutes must not hold the queue for long).
+    min_timeout_s: float = Field(5.0, gt=0)
+    timeout_per_mpixel_s: float = Field(1.0, ge=0)
     # Decode in a killable worker process (time limit, memory cap, survives decoder aborts).
     # false: decode in the worker thread (no time limit; a decoder abort kills the node).
     isolate: bool = True
@@ -80,6 +84,8 @@ class GuardConfig(_Strict):
         return Limits(
             max_pixel_bytes=int(self.max_pixel_mib * MiB),
             timeout_s=self.timeout_s,
+            min_timeout_s=self.min_timeout_s,
+            timeout_per_mpixel_s=self.timeout_per_mpixel_s,
             worker_memory_bytes=memory,
         )
 

@@ -1,13 +1,16 @@
 """Log stage: every decision, delivery attempt and answered association request reaches the log
-database, outages included.
+database, outages included, written off the receive, classify and forward paths.
 
-Each event is first written to `spool/journal/` (one JSON file, atomically), then inserted, then
-its file is removed. While the database does not answer, events only go to the journal, and a
-writer thread replays the journal in order once it answers again. Events carry unique keys (a
-decision's spool name, an attempt's own key), so a replay after a crash between the insert and the
-file's removal writes each event exactly once. An outage is one ERROR line when it starts and one
-WARNING when it ends, not a traceback per image. An event the database refuses as such (not an
-outage) is moved to `journal/rejected/` with an ERROR line: kept, never silently dropped.
+Each event is first written to `spool/journal/` (one JSON file, atomically: the durable record,
+before the image is forwarded); the caller goes on at once. One writer thread inserts what the
+journal holds in name order, up to BATCH events per transaction (many rows per commit, the
+way a busy node keeps up), then removes their files. While the database does not answer,
+events only accumulate in the journal, and the writer replays them in order once it answers
+again. Events carry unique keys (a decision's spool name, an attempt's own key), so a replay
+after a crash between the insert and the files' removal writes each event exactly once. An
+outage is one ERROR line when it starts and one WARNING when it ends, not a traceback per image.
+An event the database refuses as such (not an outage) is moved to `journal/rejected/` with an
+ERROR line: kept, never silently dropped; the rest of its batch is written.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ INSTANCE_SUFFIX = ".decision.json"
 FORWARD_SUFFIX = ".attempt.json"
 ASSOCIATION_SUFFIX = ".association.json"
 RETRY_S = 2.0  # how often the writer tries the database during an outage
+BATCH = 500  # events per transaction at most
+LINGER_S = 0.05  # the writer waits this long after a wake-up, so events arrive as batches
 
 
 class LogJournal:
-    """The node's one writer of the log database (record_instance, record_forward)."""
+    """The node's one writer of the log database (record_instance, record_forward,
+    record_association): callers journal, the writer thread inserts in batches."""
 
     def __init__(self, store: Any, folder: Path, tmp: Path, retry_s: float = RETRY_S,
                  on_change: Callable[[int, bool], None] | None = None) -> None:
@@ -58,8 +64,9 @@ class LogJournal:
                                         daemon=True)  # fmt: skip
 
     # -- the writers' side ---------------------------------------------------------------------
-    def record_instance(self, entry: InstanceLogEntry) -> int | None:
-        """Journal a decision, then write it; its row id, or None while it waits."""
+    def record_instance(self, entry: InstanceLogEntry) -> None:
+        """Journal a decision; the writer thread inserts it (forward attempts find it by its
+        decision_key, so nobody waits for its row id)."""
         if not entry.decision_key:
             raise ValueError("a journaled decision needs its decision_key")
         values = asdict(entry)
@@ -69,7 +76,7 @@ class LogJournal:
     def record_forward(self, instance_id: int | None, sop_instance_uid: str, destination: str,
                        outcome: str, dimse_status: int | None, detail: str, attempt: int,
                        at: datetime, decision_key: str | None = None) -> None:
-        """Journal a delivery attempt, then write it (or leave it for the writer thread)."""
+        """Journal a delivery attempt for the writer thread."""
         key = ordered_name(self._sequence)
         self._journal(f"{key}{FORWARD_SUFFIX}", {
             "instance_id": instance_id, "sop_instance_uid": sop_instance_uid,
@@ -79,18 +86,17 @@ class LogJournal:
 
     def record_association(self, at: datetime, outcome: str, calling_ae: str, called_ae: str,
                            peer_address: str, reason: str | None = None) -> None:
-        """Journal an answered association request, then write it."""
+        """Journal an association event for the writer thread."""
         key = ordered_name(self._sequence)
         self._journal(f"{key}{ASSOCIATION_SUFFIX}", {
             "at": at.isoformat(), "outcome": outcome, "calling_ae": calling_ae,
             "called_ae": called_ae, "peer_address": peer_address, "reason": reason,
             "event_key": key})  # fmt: skip
 
-    def _journal(self, name: str, values: dict[str, Any]) -> int | None:
-        """Write one event's file, then the event itself (or leave it for the writer)."""
-        path = self.folder / name
-        write_atomic(path, json.dumps(values, default=str).encode(), self.tmp)
-        return self._write_through(path)
+    def _journal(self, name: str, values: dict[str, Any]) -> None:
+        """Write one event's file (durable before the caller goes on) and wake the writer."""
+        write_atomic(self.folder / name, json.dumps(values, default=str).encode(), self.tmp)
+        self._wake.set()
 
     def pending(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(".json"))
@@ -98,6 +104,10 @@ class LogJournal:
     @property
     def database_up(self) -> bool:
         return self._outage_since is None
+
+    def idle(self) -> bool:
+        """Nothing left to write, or nothing writable now (an outage: the journal keeps it)."""
+        return not self.pending() or not self.database_up
 
     # -- the writer thread ---------------------------------------------------------------------
     def start(self) -> LogJournal:
@@ -114,40 +124,63 @@ class LogJournal:
         with self._lock:
             self._drain(final=True)
 
-    def _write_through(self, path: Path) -> int | None:
-        with self._lock:
-            pending = self.pending()
-            if not pending or not path.exists():
-                return None  # the writer thread wrote it already
-            if self._outage_since is not None or pending[0] != path:
-                self._wake.set()  # a backlog: the writer thread keeps the order
-                return None
-            return self._apply(path)[1]
-
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.retry_s)
+            if self._outage_since is None:
+                self._wake.wait(self.retry_s)
+                # a batch gathers: one commit (one fsync) for many events, and the callers'
+                # own fsyncs do not queue behind a commit per event
+                self._stop.wait(LINGER_S)
+            else:  # an outage: try again every retry_s, not once per event journaled
+                self._stop.wait(self.retry_s)
             self._wake.clear()
             with self._lock:
                 self._drain()
 
     def _drain(self, final: bool = False) -> None:
-        for path in self.pending():
+        pending = self.pending()
+        for start in range(0, len(pending), BATCH):
             if self._stop.is_set() and not final:
                 return
-            written, _ = self._apply(path)
-            if not written:
+            if not self._write_batch(pending[start:start + BATCH]):
                 return  # still down: try again in retry_s
         if self._outage_since is not None:
             self._outage_ended()
         self._notify()
+
+    def _write_batch(self, paths: list[Path]) -> bool:
+        """Insert these events in one transaction and remove their files; False (files kept)
+        while the database is down. A batch the database refuses is written one event at a
+        time, so only the refused event goes to rejected/."""
+        events = []
+        for path in paths:
+            try:
+                events.append(self._event(path, json.loads(path.read_bytes())))
+            except Exception:  # unreadable or malformed: one at a time finds and keeps it
+                return all(self._apply(p)[0] for p in paths)
+        # decisions first: an attempt journaled in the same batch finds its decision's row
+        events.sort(key=lambda event: event[0] != "instance")
+        try:
+            self.store.record_events(events)
+        except IntegrityError:  # an event, not the database: isolate it
+            return all(self._apply(p)[0] for p in paths)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            self._outage_started(exc)
+            return False
+        except Exception:
+            return all(self._apply(p)[0] for p in paths)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if self._outage_since is not None:
+            self._replayed += len(paths)
+        return True
 
     def _apply(self, path: Path) -> tuple[bool, int | None]:
         """Write one journaled event and remove its file: (True, row id); (False, None) and the
         file kept while the database is down."""
         try:
             values = json.loads(path.read_bytes())
-            row_id = self._insert(path, values)
+            self.store.record_events([self._event(path, values)])
         except IntegrityError as exc:  # this event, not the database
             return self._reject(path, exc)
         except (OperationalError, DBAPIError, OSError) as exc:
@@ -158,18 +191,16 @@ class LogJournal:
         path.unlink(missing_ok=True)
         if self._outage_since is not None:
             self._replayed += 1
-        return True, row_id
+        return True, None
 
-    def _insert(self, path: Path, values: dict[str, Any]) -> int | None:
+    @staticmethod
+    def _event(path: Path, values: dict[str, Any]) -> tuple[str, Any]:
+        """A journal file's event as LogStore.record_events takes it."""
         if path.name.endswith(INSTANCE_SUFFIX):
             values["received_at"] = datetime.fromisoformat(values["received_at"])
-            return int(self.store.record_instance(InstanceLogEntry(**values)))
+            return "instance", InstanceLogEntry(**values)
         values["at"] = datetime.fromisoformat(values["at"])
-        if path.name.endswith(ASSOCIATION_SUFFIX):
-            self.store.record_association(**values)
-        else:
-            self.store.record_forward(**values)
-        return None
+        return ("association" if path.name.endswith(ASSOCIATION_SUFFIX) else "forward"), values
 
     def _reject(self, path: Path, exc: Exception) -> tuple[bool, None]:
         self.rejected.mkdir(exist_ok=True)

@@ -174,7 +174,8 @@ class Node:
         while time.monotonic() < deadline:
             pipeline_idle = self.pipeline is None or self.pipeline.idle()
             outgoing = any(self.spool.names(OUTGOING, n) for n in self.forwarders)
-            if pipeline_idle and not outgoing:
+            log_idle = self.journal is None or self.journal.idle()  # rows written, or an outage
+            if pipeline_idle and not outgoing and log_idle:
                 return True
             time.sleep(0.05)
         return False

@@ -1,7 +1,10 @@
 """Pipeline: the worker threads that take spooled instances in arrival order and run
 classify -> tag -> log -> route, then hand the result to the forwarders.
 
-Each worker owns one warmed ViewClassifier (LiteRT interpreters are not thread-safe).
+Two lanes: instances the node may classify (CR, DX) queue for the classify workers, each owning
+one warmed ViewClassifier (LiteRT interpreters are not thread-safe); every other instance (CT,
+MR, SR, ...) takes the pass-through lane, one worker that only reads the header, logs and
+routes, so it never waits behind inference (`classify.pass_through_lane`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ DEFER_SIZE = 64 * 1024  # bytes; values larger than this are read from the file 
 
 
 class InstanceLog(Protocol):
-    def record_instance(self, entry: InstanceLogEntry) -> int: ...
+    def record_instance(self, entry: InstanceLogEntry) -> int | None: ...
 
 
 def patient_id_for_log(patient_id: str | None, config: LogConfig) -> str | None:
@@ -78,7 +81,8 @@ class Pipeline:
         self.instance_log = instance_log
         self.on_dispatched = on_dispatched
         self.classifier_factory = classifier_factory
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()  # the classify lane
+        self._pass_through: queue.Queue[Any] = queue.Queue()  # never classified: no AI wait
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -94,6 +98,14 @@ class Pipeline:
     @property
     def classifies(self) -> bool:
         return bool(self.config.classify.modalities)
+
+    def lane_of(self, sop_class_uid: str | None) -> queue.Queue[Any]:
+        """The pass-through lane for instances the node will not classify, by SOP class (known
+        from the C-STORE request, before any parsing); the classify lane for the rest."""
+        if (self.config.classify.pass_through_lane and sop_class_uid
+                and (not self.classifies or tag.not_taggable(sop_class_uid) is not None)):
+            return self._pass_through
+        return self._queue
 
     def start(self) -> None:
         """Load and warm one classifier (and decode process) per worker, then resume the spool."""
@@ -111,7 +123,7 @@ class Pipeline:
         self.model_sha256 = loaded[0].sha256 if loaded else None
         resumed = self.spool.resume()
         for name in self.spool.names(INCOMING):
-            self._queue.put(name)
+            self.submit(self.spool.dir(INCOMING) / f"{name}.dcm")
         if resumed:
             log.info("resumed %d instances left in processing/", resumed)
         for index, (classifier, decoder) in enumerate(workers):
@@ -120,9 +132,14 @@ class Pipeline:
             )
             worker.start()
             self._workers.append(worker)
+        if self.config.classify.pass_through_lane:
+            worker = threading.Thread(target=self._work, args=(None, None, self._pass_through),
+                                      name="pass-through", daemon=True)  # fmt: skip
+            worker.start()
+            self._workers.append(worker)
 
     def submit(self, path: Path) -> None:
-        self._queue.put(path.stem)
+        self.lane_of(self.spool.read_meta(path).get("sop_class_uid")).put(path.stem)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the image in hand, not the backlog: what is queued stays in incoming/ and is
@@ -130,6 +147,7 @@ class Pipeline:
         self._stopping.set()
         for _ in self._workers:
             self._queue.put(_STOP)
+            self._pass_through.put(_STOP)
         for worker in self._workers:
             worker.join(timeout)
         self._workers.clear()
@@ -140,12 +158,16 @@ class Pipeline:
     def idle(self) -> bool:
         with self._busy_lock:
             busy = self._busy
-        return busy == 0 and self._queue.empty() and not self.spool.names(INCOMING)
+        return (busy == 0 and self._queue.empty() and self._pass_through.empty()
+                and not self.spool.names(INCOMING))
 
-    def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None) -> None:
-        lower_thread_priority(self.config.classify.nice)
+    def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None,
+              lane: queue.Queue[Any] | None = None) -> None:
+        if lane is None:  # the classify lane: below receiving and forwarding in CPU priority
+            lower_thread_priority(self.config.classify.nice)
+        lane = self._queue if lane is None else lane
         while True:
-            name = self._queue.get()
+            name = lane.get()
             if name is _STOP or self._stopping.is_set():
                 return
             with self._busy_lock:
@@ -262,7 +284,8 @@ class Pipeline:
             return path
         try:
             # Guarded decode: size limits from the header, and (isolated) a killable process.
-            grey = decoder.preprocess_file(path) if decoder else preprocess_guarded(ds, self.limits)
+            grey = (decoder.preprocess_file(path, self.limits.deadline_s(ds)) if decoder
+                    else preprocess_guarded(ds, self.limits))
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
             return path

@@ -41,21 +41,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write to a temporary file, fsync, rename: `path` holds all of `data` or does not exist."""
-    tmp_dir = tmp_dir or path.parent
-    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None,
+                 durable: bool = True) -> None:
+    """Write to a temporary file, fsync, rename: `path` holds all of `data` or does not exist.
+    durable=False skips both fsyncs (still atomic to readers; a crash may lose the file)."""
+    write_all_atomic([(path, data)], tmp_dir, durable)
+
+
+def write_all_atomic(files: list[tuple[Path, bytes]], tmp_dir: Path | None = None,
+                     durable: bool = True) -> None:
+    """write_atomic for several files of one folder: each written and fsynced, then renamed in
+    the order given (a reader never sees a later one without the earlier ones), then one fsync
+    of the folder for all of them."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        for path, data in files:
+            unique = f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp = (tmp_dir or path.parent) / unique
+            staged.append((tmp, path))
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        for folder in dict.fromkeys(path.parent for path, _ in files):
+            _fsync_dir(folder)
 
 
 def ordered_name(sequence: Iterator[int]) -> str:
@@ -123,12 +141,10 @@ class Spool:
         """Store one received instance (DICOM file bytes exactly as received) in incoming/."""
         name = self.new_name()
         meta = {**meta, "name": name}
-        tmp = self.dir(TMP)
         sidecar = self.dir(INCOMING) / f"{name}.json"
-        write_atomic(sidecar, _dumps(meta), tmp)
         target = self.dir(INCOMING) / f"{name}.dcm"
-        try:
-            write_atomic(target, encoded_file, tmp)
+        try:  # the sidecar before the .dcm, one folder fsync for both
+            write_all_atomic([(sidecar, _dumps(meta)), (target, encoded_file)], self.dir(TMP))
         except OSError:  # not stored, so not acknowledged: leave no orphan sidecar behind
             sidecar.unlink(missing_ok=True)
             raise
@@ -211,16 +227,19 @@ class Spool:
         new_dest: str | None,
         name: str,
         meta: dict[str, Any],
+        durable: bool = True,
     ) -> Path:
         src, dst = self.dir(state, dest), self.dir(new_state, new_dest)
         dst.mkdir(parents=True, exist_ok=True)
-        write_atomic(dst / f"{name}.json", _dumps(meta), self.dir(TMP))
+        write_atomic(dst / f"{name}.json", _dumps(meta), self.dir(TMP), durable)
         os.replace(src / f"{name}.dcm", dst / f"{name}.dcm")
         (src / f"{name}.json").unlink(missing_ok=True)
         return dst / f"{name}.dcm"
 
     def mark_sent(self, dest: str, name: str, meta: dict[str, Any]) -> Path:
-        return self.move_to(OUTGOING, dest, SENT, dest, name, meta)
+        # Not fsynced: a crash may bring the image back to outgoing/ (sent again; receivers
+        # take a SOP Instance UID twice) but loses nothing; the journal holds the attempt.
+        return self.move_to(OUTGOING, dest, SENT, dest, name, meta, durable=False)
 
     def mark_failed(self, dest: str, name: str, meta: dict[str, Any]) -> Path:
         return self.move_to(OUTGOING, dest, FAILED, dest, name, meta)

@@ -274,12 +274,23 @@ def echoscu(port: int, called_ae: str = NODE_AE) -> subprocess.CompletedProcess:
     )
 
 
+def log_written(node: Any, timeout: float = 30.0) -> None:
+    """Wait for the node's log writer: events reach the database in batches, moments after the
+    spool shows them (dicomnode.log_journal)."""
+    deadline = time.monotonic() + timeout
+    while node.journal is not None and node.journal.pending():
+        assert time.monotonic() < deadline, "the log journal was not written"
+        time.sleep(0.02)
+
+
 def instance_rows(node: Any) -> list[InstanceRow]:
+    log_written(node)
     with node.log_store.engine.connect() as connection:
         return list(connection.execute(sa.select(InstanceRow).order_by(InstanceRow.id)))
 
 
 def forward_rows(node: Any) -> list[ForwardAttemptRow]:
+    log_written(node)
     with node.log_store.engine.connect() as connection:
         return list(connection.execute(sa.select(ForwardAttemptRow).order_by(ForwardAttemptRow.id)))
 

@@ -26,6 +26,7 @@ QUICK_RUNS = {
     "log_queries.json": [
         "bench.log_queries", "--rows", "2000", "--repeat", "1", "--backends", "sqlite",
     ],
+    "log_writer.json": ["bench.log_writer", "--decisions", "300"],
 }
 
 
@@ -61,5 +62,13 @@ def test_bench_script_runs_and_writes_json(
         for target in ("relay", "node"):
             results = payload["results"][target]
             sets = {k: v for k, v in results.items() if k != "process_peak_rss_mb"}
-            assert len(sets) == 3 and all(s["images_per_s"] > 0 for s in sets.values())
+            assert len(sets) == 5 and all(s["images_per_s"] > 0 for s in sets.values())
+            mixed = sets["mixed (CT series + CR films at once)"]["by_kind"]
+            assert set(mixed) == {"classified", "pass-through"}
+            assert all(k["n"] > 0 and k["receive_to_forwarded_ms_median"] > 0
+                       for k in mixed.values())
         assert payload["results"]["node"]["process_peak_rss_mb"]["main"] > 0
+    if result_name == "log_writer.json":
+        assert len(payload["results"]) == 3
+        assert all(r["decisions"] == 300 and r["decisions_per_s"] > 0
+                   for r in payload["results"].values())

@@ -304,3 +304,58 @@ def test_forwarding_fallback_survives_a_decoder_abort(start_node, tmp_path):
         assert failed and failed[-1].outcome == "failed" and "worker died" in failed[-1].detail
     finally:
         sink.stop()
+
+
+def test_the_decode_deadline_scales_with_the_declared_image_size():
+    limits = Limits(timeout_s=30.0, min_timeout_s=5.0, timeout_per_mpixel_s=1.0)
+    film = pydicom.dcmread(CORPUS / "CR__RG1_J2KR.dcm", stop_before_pixels=True)  # 1955x1841
+    assert limits.deadline_s(film) == pytest.approx(5.0 + 1955 * 1841 / 1e6)
+    small = _image_dataset(16, 16, ExplicitVRLittleEndian, b"\0" * 512)
+    assert limits.deadline_s(small) == pytest.approx(5.0 + 256 / 1e6)
+    huge = _image_dataset(16, 16, ExplicitVRLittleEndian, b"\0" * 512)
+    huge.Rows = huge.Columns = 30000
+    assert limits.deadline_s(huge) == 30.0  # never past the cap
+    garbage = _image_dataset(16, 16, ExplicitVRLittleEndian, b"\0" * 512)
+    garbage.Rows = "many"
+    assert limits.deadline_s(garbage) == 30.0  # the guard refuses it anyway; no deadline games
+
+
+def test_a_decode_past_its_size_scaled_deadline_does_not_hold_the_films_behind_it(
+        start_node, recording_scp, tmp_path):
+    """A film that decodes longer than its deadline (here: a deadline made tiny, standing in for
+    the slow hostile codestreams the fuzz campaign finds) is cut off at that deadline, not at
+    guard.timeout_s: forwarded untouched, logged unreadable, and the films behind it are
+    classified."""
+    import time
+
+    from tests.node_helpers import instance_rows, send_files
+
+    slow = tmp_path / "slow.dcm"
+    ds = pydicom.dcmread(CORPUS / "CR__RG1_J2KR.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(slow)
+    small = []
+    for n in range(5):
+        film = pydicom.dcmread(CORPUS / "CR__77654033_CR2_6247.dcm")
+        film.SOPInstanceUID = film.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        film.save_as(tmp_path / f"film{n}.dcm")
+        small.append(tmp_path / f"film{n}.dcm")
+    # A deadline of 0.05 s whatever the size: the J2K film needs more (>= 80 ms here), the 16x16
+    # films ~10 ms; the fixed cap stays at 60 s, which the films must not wait for.
+    node = start_node([recording_scp.destination()],
+                      guard={"timeout_s": 60, "min_timeout_s": 0.05,
+                             "timeout_per_mpixel_s": 0})  # fmt: skip
+    started = time.monotonic()
+    assert send_files(node.port, slow, *small) == [0] * 6
+    recording_scp.wait_for(6, timeout=60)
+    elapsed = time.monotonic() - started
+    assert node.wait_idle(60)
+    rows = {row.sop_instance_uid: row for row in instance_rows(node)}
+    assert rows[ds.SOPInstanceUID].action == "unreadable"
+    assert "exceeded 0.05 s" in rows[ds.SOPInstanceUID].error
+    assert [rows[str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)].action
+            for f in small].count("unreadable") == 0  # the films behind it were classified
+    assert _dataset_bytes(recording_scp.by_uid(ds.SOPInstanceUID).encoded) == _dataset_bytes(
+        slow.read_bytes())  # forwarded untouched
+    assert elapsed < 30, f"the films waited {elapsed:.1f} s: the 60 s cap applied"
+    print(f"slow film cut off at its deadline; 6 images delivered in {elapsed:.1f} s")

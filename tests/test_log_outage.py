@@ -119,3 +119,33 @@ def test_a_replay_after_a_crash_writes_nothing_twice(tmp_path):
     assert counts == [1, 1] and linked == 1
     assert list(folder.glob("*.json")) == []
     store.close()
+
+
+def test_an_event_the_database_refuses_is_kept_and_the_rest_of_its_batch_written(tmp_path):
+    store = LogStore.open(f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    folder, tmp = tmp_path / "journal", tmp_path / "tmp"
+    tmp.mkdir()
+    journal = LogJournal(store, folder, tmp)  # not started: the three wait for one batch
+
+    def entry(n: int, action: str) -> InstanceLogEntry:
+        return InstanceLogEntry(
+            received_at=datetime.now(timezone.utc), calling_ae="MODALITY", called_ae="DICOMNODE",
+            peer_address="127.0.0.1:1", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+            sop_instance_uid=f"1.2.3.{n}", study_instance_uid=None, series_instance_uid=None,
+            modality="CR", patient_id=None, transfer_syntax_uid=None, action=action,
+            decision_key=f"0000000000000000000{n}-000001")  # fmt: skip
+
+    for n, action in enumerate(("skipped", "not-an-action", "written")):
+        journal.record_instance(entry(n, action))
+    journal.record_forward(None, "1.2.3.2", "pacs", "sent", 0, "success", 1,
+                           datetime.now(timezone.utc), decision_key=entry(2, "").decision_key)
+    assert len(journal.pending()) == 4
+    journal.start().stop()
+    assert journal.pending() == []
+    assert [p.name for p in (folder / "rejected").iterdir()] == [
+        "00000000000000000001-000001.decision.json"]
+    instances, attempts = rows(store.url)
+    assert [r.sop_instance_uid for r in instances] == ["1.2.3.0", "1.2.3.2"]
+    assert [(a.instance_id, a.sop_instance_uid) for a in attempts] == [(instances[1].id,
+                                                                        "1.2.3.2")]
+    store.close()

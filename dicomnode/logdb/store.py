@@ -216,23 +216,8 @@ class LogStore:
 
     def record_instance(self, entry: InstanceLogEntry) -> int:
         """Append one decision; return its row id."""
-        if entry.action not in ACTIONS:
-            raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
-        values = asdict(entry)
-        values["received_at"] = to_utc_naive(entry.received_at)
-        values["routing"] = entry.routing or {}
         with self._writing(), self._write_engine.begin() as connection:
-            if entry.decision_key is not None:  # a replay: the decision may be in already
-                existing = connection.execute(select(InstanceRow.id).where(
-                    InstanceRow.decision_key == entry.decision_key)).scalar_one_or_none()
-                if existing is not None:
-                    return int(existing)
-            row_id = connection.execute(
-                insert(InstanceRow).values(**values).returning(InstanceRow.id)
-            ).scalar_one()
-            if entry.model_sha256:
-                self._upsert_model(connection, entry.model_sha256, values["received_at"], None)
-        return int(row_id)
+            return self._insert_instance(connection, entry)
 
     def record_forward(
         self,
@@ -249,47 +234,137 @@ class LogStore:
     ) -> None:
         """Append one delivery attempt (once per event_key); without an instance id, link the
         decision with this decision_key, else the newest row of the SOP."""
-        if outcome not in FORWARD_OUTCOMES:
-            raise ValueError(f"outcome {outcome!r} is not one of {', '.join(FORWARD_OUTCOMES)}")
-        with self._writing(), self._write_engine.begin() as connection:
-            if event_key is not None and connection.execute(select(ForwardAttemptRow.id).where(
-                    ForwardAttemptRow.event_key == event_key)).first() is not None:
-                return  # a replay of an attempt already written
-            if instance_id is None and decision_key is not None:
-                instance_id = connection.execute(select(InstanceRow.id).where(
-                    InstanceRow.decision_key == decision_key)).scalar_one_or_none()
-            if instance_id is None:
-                instance_id = connection.execute(
-                    select(func.max(InstanceRow.id)).where(
-                        InstanceRow.sop_instance_uid == sop_instance_uid
-                    )
-                ).scalar_one_or_none()
-            connection.execute(
-                insert(ForwardAttemptRow).values(
-                    instance_id=instance_id,
-                    sop_instance_uid=sop_instance_uid,
-                    destination=destination,
-                    outcome=outcome,
-                    dimse_status=dimse_status,
-                    detail=detail,
-                    attempt=attempt,
-                    at=to_utc_naive(at),
-                    event_key=event_key,
-                )
-            )
+        self.record_events([("forward", {
+            "instance_id": instance_id, "sop_instance_uid": sop_instance_uid,
+            "destination": destination, "outcome": outcome, "dimse_status": dimse_status,
+            "detail": detail, "attempt": attempt, "at": at, "event_key": event_key,
+            "decision_key": decision_key})])  # fmt: skip
 
     def record_association(self, at: datetime, outcome: str, calling_ae: str, called_ae: str,
                            peer_address: str, reason: str | None = None,
                            event_key: str | None = None) -> None:
         """Append one answered association request (once per event_key)."""
+        self.record_events([("association", {
+            "at": at, "outcome": outcome, "calling_ae": calling_ae, "called_ae": called_ae,
+            "peer_address": peer_address, "reason": reason, "event_key": event_key})])
+
+    def record_events(self, events: list[tuple[str, Any]]) -> None:
+        """Append many events in one transaction (the journal's batched writer): each
+        ("instance", InstanceLogEntry) | ("forward", kwargs of record_forward) |
+        ("association", kwargs of record_association). Events whose key is in already (a
+        replay) are skipped; decisions go in first, so an attempt in the same batch finds its
+        decision's row. All or nothing: an error rolls back the whole batch."""
+        by_kind: dict[str, list[Any]] = {"instance": [], "forward": [], "association": []}
+        for kind, value in events:
+            by_kind[kind].append(value)
         with self._writing(), self._write_engine.begin() as connection:
-            if event_key is not None and connection.execute(select(AssociationRow.id).where(
-                    AssociationRow.event_key == event_key)).first() is not None:
-                return
-            connection.execute(insert(AssociationRow).values(
-                at=to_utc_naive(at), outcome=outcome, calling_ae=calling_ae[:64],
-                called_ae=called_ae[:64], peer_address=peer_address[:128], reason=reason,
-                event_key=event_key))
+            self._insert_instances(connection, by_kind["instance"])
+            self._insert_forwards(connection, by_kind["forward"])
+            self._insert_associations(connection, by_kind["association"])
+
+    @staticmethod
+    def _existing(connection, column: Any, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            found.update(connection.execute(
+                select(column).where(column.in_(keys[start:start + 500]))).scalars())
+        return found
+
+    def _insert_instances(self, connection, entries: list[InstanceLogEntry]) -> None:
+        for entry in entries:
+            if entry.action not in ACTIONS:
+                raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
+        keys = [e.decision_key for e in entries if e.decision_key is not None]
+        existing = self._existing(connection, InstanceRow.decision_key, keys) if keys else set()
+        rows, seen_models = [], {}
+        for entry in entries:
+            if entry.decision_key in existing:
+                continue
+            existing.add(entry.decision_key)  # a key twice in one batch: written once
+            values = asdict(entry)
+            values["received_at"] = to_utc_naive(entry.received_at)
+            values["routing"] = entry.routing or {}
+            rows.append(values)
+            if entry.model_sha256:
+                first, last = seen_models.get(entry.model_sha256, (values["received_at"],) * 2)
+                seen_models[entry.model_sha256] = (min(first, values["received_at"]),
+                                                   max(last, values["received_at"]))
+        if rows:
+            connection.execute(insert(InstanceRow), rows)
+        for sha256, (first, last) in seen_models.items():
+            self._upsert_model(connection, sha256, first, None)
+            if last != first:
+                self._upsert_model(connection, sha256, last, None)
+
+    def _insert_forwards(self, connection, attempts: list[dict[str, Any]]) -> None:
+        for attempt in attempts:
+            if attempt["outcome"] not in FORWARD_OUTCOMES:
+                raise ValueError(f"outcome {attempt['outcome']!r} is not one of "
+                                 f"{', '.join(FORWARD_OUTCOMES)}")
+        keys = [a["event_key"] for a in attempts if a.get("event_key")]
+        existing = self._existing(connection, ForwardAttemptRow.event_key, keys) if keys \
+            else set()  # fmt: skip
+        wanted = [a["decision_key"] for a in attempts
+                  if a.get("instance_id") is None and a.get("decision_key")]
+        ids: dict[str, int] = {}
+        for start in range(0, len(wanted), 500):
+            ids.update((key, row_id) for key, row_id in connection.execute(
+                select(InstanceRow.decision_key, InstanceRow.id).where(
+                    InstanceRow.decision_key.in_(wanted[start:start + 500]))))
+        rows = []
+        for attempt in attempts:
+            key = attempt.get("event_key")
+            if key is not None and key in existing:
+                continue  # a replay of an attempt already written
+            existing.add(key)
+            instance_id = attempt.get("instance_id")
+            if instance_id is None:
+                instance_id = ids.get(attempt.get("decision_key") or "")
+            if instance_id is None:  # no journaled decision: the newest row of the SOP
+                instance_id = connection.execute(select(func.max(InstanceRow.id)).where(
+                    InstanceRow.sop_instance_uid == attempt["sop_instance_uid"])).scalar()
+            rows.append({"instance_id": instance_id,
+                         "sop_instance_uid": attempt["sop_instance_uid"],
+                         "destination": attempt["destination"], "outcome": attempt["outcome"],
+                         "dimse_status": attempt.get("dimse_status"),
+                         "detail": attempt.get("detail"), "attempt": attempt["attempt"],
+                         "at": to_utc_naive(attempt["at"]), "event_key": key})  # fmt: skip
+        if rows:
+            connection.execute(insert(ForwardAttemptRow), rows)
+
+    def _insert_associations(self, connection, associations: list[dict[str, Any]]) -> None:
+        keys = [a["event_key"] for a in associations if a.get("event_key")]
+        existing = self._existing(connection, AssociationRow.event_key, keys) if keys else set()
+        rows = []
+        for a in associations:
+            key = a.get("event_key")
+            if key is not None and key in existing:
+                continue
+            existing.add(key)
+            rows.append({"at": to_utc_naive(a["at"]), "outcome": a["outcome"],
+                         "calling_ae": a["calling_ae"][:64], "called_ae": a["called_ae"][:64],
+                         "peer_address": a["peer_address"][:128], "reason": a.get("reason"),
+                         "event_key": key})  # fmt: skip
+        if rows:
+            connection.execute(insert(AssociationRow), rows)
+
+    def _insert_instance(self, connection, entry: InstanceLogEntry) -> int:
+        if entry.action not in ACTIONS:
+            raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
+        values = asdict(entry)
+        values["received_at"] = to_utc_naive(entry.received_at)
+        values["routing"] = entry.routing or {}
+        if entry.decision_key is not None:  # a replay: the decision may be in already
+            existing = connection.execute(select(InstanceRow.id).where(
+                InstanceRow.decision_key == entry.decision_key)).scalar_one_or_none()
+            if existing is not None:
+                return int(existing)
+        row_id = connection.execute(
+            insert(InstanceRow).values(**values).returning(InstanceRow.id)
+        ).scalar_one()
+        if entry.model_sha256:
+            self._upsert_model(connection, entry.model_sha256, values["received_at"], None)
+        return int(row_id)
 
     def associations(self, outcome: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[Any]:
