@@ -71,7 +71,7 @@ class LogJournal:
             raise ValueError("a journaled decision needs its decision_key")
         values = asdict(entry)
         values["received_at"] = entry.received_at.isoformat()
-        return self._journal(f"{entry.decision_key}{INSTANCE_SUFFIX}", values)
+        self._journal(f"{entry.decision_key}{INSTANCE_SUFFIX}", values)
 
     def record_forward(self, instance_id: int | None, sop_instance_uid: str, destination: str,
                        outcome: str, dimse_status: int | None, detail: str, attempt: int,
@@ -152,32 +152,32 @@ class LogJournal:
         """Insert these events in one transaction and remove their files; False (files kept)
         while the database is down. A batch the database refuses is written one event at a
         time, so only the refused event goes to rejected/."""
-        events = []
-        for path in paths:
-            try:
-                events.append(self._event(path, json.loads(path.read_bytes())))
-            except Exception:  # unreadable or malformed: one at a time finds and keeps it
-                return all(self._apply(p)[0] for p in paths)
-        # decisions first: an attempt journaled in the same batch finds its decision's row
-        events.sort(key=lambda event: event[0] != "instance")
         try:
-            self.store.record_events(events)
+            events = [self._event(path, json.loads(path.read_bytes())) for path in paths]
+        except Exception:  # unreadable or malformed: one at a time finds and keeps it
+            return self._one_at_a_time(paths)
+        try:
+            self.store.record_events(events)  # decisions first, so attempts find their rows
         except IntegrityError:  # an event, not the database: isolate it
-            return all(self._apply(p)[0] for p in paths)
+            return self._one_at_a_time(paths)
         except (OperationalError, DBAPIError, OSError) as exc:
             self._outage_started(exc)
             return False
-        except Exception:
-            return all(self._apply(p)[0] for p in paths)
+        except Exception:  # e.g. a value the store refuses: isolate it
+            return self._one_at_a_time(paths)
         for path in paths:
             path.unlink(missing_ok=True)
         if self._outage_since is not None:
             self._replayed += len(paths)
         return True
 
-    def _apply(self, path: Path) -> tuple[bool, int | None]:
-        """Write one journaled event and remove its file: (True, row id); (False, None) and the
-        file kept while the database is down."""
+    def _one_at_a_time(self, paths: list[Path]) -> bool:
+        """Each event in its own transaction, in order, until the database is found down."""
+        return all(self._apply(path) for path in paths)
+
+    def _apply(self, path: Path) -> bool:
+        """Write one journaled event and remove its file (or move a refused one to rejected/):
+        True; False, and the file kept, while the database is down."""
         try:
             values = json.loads(path.read_bytes())
             self.store.record_events([self._event(path, values)])
@@ -185,13 +185,13 @@ class LogJournal:
             return self._reject(path, exc)
         except (OperationalError, DBAPIError, OSError) as exc:
             self._outage_started(exc)
-            return False, None
+            return False
         except Exception as exc:  # the database (or the file) refuses this event as such
             return self._reject(path, exc)
         path.unlink(missing_ok=True)
         if self._outage_since is not None:
             self._replayed += 1
-        return True, None
+        return True
 
     @staticmethod
     def _event(path: Path, values: dict[str, Any]) -> tuple[str, Any]:
@@ -202,12 +202,12 @@ class LogJournal:
         values["at"] = datetime.fromisoformat(values["at"])
         return ("association" if path.name.endswith(ASSOCIATION_SUFFIX) else "forward"), values
 
-    def _reject(self, path: Path, exc: Exception) -> tuple[bool, None]:
+    def _reject(self, path: Path, exc: Exception) -> bool:
         self.rejected.mkdir(exist_ok=True)
         path.replace(self.rejected / path.name)
         log.error("log database refused the event in %s (%s: %s); kept in %s", path.name,
                   type(exc).__name__, exc, self.rejected)  # fmt: skip
-        return True, None  # handled: the journal goes on
+        return True  # handled: the journal goes on
 
     def _outage_started(self, exc: Exception) -> None:
         if self._outage_since is None:

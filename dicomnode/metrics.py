@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dicomnode.addresses import is_loopback
+from dicomnode.logdb.entry import discard_rule
 
 LOGGER = logging.getLogger(__name__)
 
@@ -193,9 +194,9 @@ class NodeMetrics:
 
     def image_processed(self, entry: Any) -> None:
         """Pipeline hook: one InstanceLogEntry after classify/tag and routing."""
-        routing = entry.routing or {}
-        if routing.get("action") == "discard":
-            self.discarded.labels(rule=(routing.get("rules") or ["(default)"])[-1]).inc()
+        rule = discard_rule(entry.routing)
+        if rule is not None:
+            self.discarded.labels(rule=rule).inc()
         if entry.action == "unreadable":
             self.image_unreadable()
         elif entry.label:
@@ -289,9 +290,9 @@ def attach_to_node(node: Any) -> MetricsServer | None:
     if node.receiver is not None:
         spooled = node.receiver.on_spooled
 
-        def count_then_queue(path: Path) -> None:
+        def count_then_queue(path: Path, sop_class_uid: str) -> None:
             metrics.image_received()
-            spooled(path)
+            spooled(path, sop_class_uid)
 
         node.receiver.on_spooled = count_then_queue
     settings = node.config.metrics

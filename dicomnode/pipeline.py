@@ -138,8 +138,12 @@ class Pipeline:
             worker.start()
             self._workers.append(worker)
 
-    def submit(self, path: Path) -> None:
-        self.lane_of(self.spool.read_meta(path).get("sop_class_uid")).put(path.stem)
+    def submit(self, path: Path, sop_class_uid: str | None = None) -> None:
+        """Queue a spooled instance in its lane; the receiver passes the SOP class it has, others
+        (the drop folder, the start-up scan) let it be read from the sidecar."""
+        if sop_class_uid is None:
+            sop_class_uid = self.spool.read_meta(path).get("sop_class_uid")
+        self.lane_of(sop_class_uid).put(path.stem)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the image in hand, not the backlog: what is queued stays in incoming/ and is

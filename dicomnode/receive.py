@@ -68,13 +68,14 @@ def failure(status: int, comment: str) -> Dataset:
 
 
 class Receiver:
-    """The node's listening AE; `on_spooled(path)` is called once an instance is safely spooled."""
+    """The node's listening AE; `on_spooled(path, sop_class_uid)` is called once an instance is
+    safely spooled."""
 
     def __init__(
         self,
         config: ReceiveConfig,
         spool: Spool,
-        on_spooled: Callable[[Path], None],
+        on_spooled: Callable[[Path, str], None],  # (path, SOP Class UID)
         disk_guard: Any = None,
         on_association: Callable[[AssociationEvent], None] | None = None,
     ) -> None:
@@ -182,7 +183,7 @@ class Receiver:
             log.error("cannot spool %s: %s", meta["sop_instance_uid"], exc)
             return failure(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}")
         try:
-            self.on_spooled(path)
+            self.on_spooled(path, meta["sop_class_uid"])
         except Exception:  # the spool has it; the worker's start-up scan will find it
             log.exception("could not notify the pipeline of %s", path.name)
         return STATUS_SUCCESS

@@ -147,7 +147,8 @@ class ConfigWatcher:
 
 
 class InboxWatcher:
-    """Takes settled files from the inbox folder into the spool; `on_spooled(path)` as receive."""
+    """Takes settled files from the inbox folder into the spool; `on_spooled(path)`, the SOP class
+    then read from the sidecar."""
 
     def __init__(
         self, folder: Path, spool: Any, on_spooled: Callable[[Path], None], settle_s: float = 1.0

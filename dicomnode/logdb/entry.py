@@ -46,6 +46,14 @@ class InstanceLogEntry:
     decision_key: str | None = None  # the journal key (spool name): one row per decision
 
 
+def discard_rule(routing: dict | None) -> str | None:
+    """The rule that discarded the instance (routing sent it nowhere on purpose), from the
+    routing an entry logs (route.RoutingDecision.as_log); None when it was routed."""
+    if not routing or routing.get("action") != "discard":
+        return None
+    return (routing.get("rules") or ["(default)"])[-1]
+
+
 PATIENT_ID_FORMS = ("plain", "hash", "omit")
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Integer as SqlInteger
 from sqlalchemy import Select, and_, case, cast, exists, func, not_, or_, select
 from sqlalchemy.orm import aliased
 
-from dicomnode.logdb.entry import ACTIONS
+from dicomnode.logdb.entry import ACTIONS, discard_rule
 from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow, ModelVersionRow, PurgeRow
 from dicomnode.logdb.store import LogStore, from_stored, to_utc_naive
 
@@ -211,7 +211,7 @@ def find_instances(
         rows = [_row_dict(row) for row in connection.execute(statement).mappings()]
     delivery = delivery_by_instance(store, [row["id"] for row in rows])
     for row in rows:
-        discarded = (row.get("routing") or {}).get("action") == "discard"
+        discarded = discard_rule(row.get("routing")) is not None
         row["delivery"] = "discarded" if discarded else delivery[row["id"]]
     return rows
 

@@ -263,27 +263,36 @@ class LogStore:
             self._insert_associations(connection, by_kind["association"])
 
     @staticmethod
-    def _existing(connection, column: Any, keys: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _rows_where_in(connection, columns: tuple[Any, ...], key: Any,
+                       keys: list[str]) -> list[Any]:
+        """SELECT columns WHERE key IN keys, 500 keys per statement."""
+        rows: list[Any] = []
         for start in range(0, len(keys), 500):
-            found.update(connection.execute(
-                select(column).where(column.in_(keys[start:start + 500]))).scalars())
-        return found
+            rows += connection.execute(select(*columns).where(key.in_(keys[start:start + 500])))
+        return rows
+
+    def _existing(self, connection, column: Any, keys: list[str]) -> set[str]:
+        return {row[0] for row in self._rows_where_in(connection, (column,), column, keys)}
+
+    @staticmethod
+    def _instance_values(entry: InstanceLogEntry) -> dict[str, Any]:
+        """The instances row of a decision (its action checked)."""
+        if entry.action not in ACTIONS:
+            raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
+        values = asdict(entry)
+        values["received_at"] = to_utc_naive(entry.received_at)
+        values["routing"] = entry.routing or {}
+        return values
 
     def _insert_instances(self, connection, entries: list[InstanceLogEntry]) -> None:
-        for entry in entries:
-            if entry.action not in ACTIONS:
-                raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
+        all_values = [self._instance_values(entry) for entry in entries]
         keys = [e.decision_key for e in entries if e.decision_key is not None]
-        existing = self._existing(connection, InstanceRow.decision_key, keys) if keys else set()
+        existing = self._existing(connection, InstanceRow.decision_key, keys)
         rows, seen_models = [], {}
-        for entry in entries:
+        for entry, values in zip(entries, all_values, strict=True):
             if entry.decision_key in existing:
                 continue
             existing.add(entry.decision_key)  # a key twice in one batch: written once
-            values = asdict(entry)
-            values["received_at"] = to_utc_naive(entry.received_at)
-            values["routing"] = entry.routing or {}
             rows.append(values)
             if entry.model_sha256:
                 first, last = seen_models.get(entry.model_sha256, (values["received_at"],) * 2)
@@ -302,15 +311,12 @@ class LogStore:
                 raise ValueError(f"outcome {attempt['outcome']!r} is not one of "
                                  f"{', '.join(FORWARD_OUTCOMES)}")
         keys = [a["event_key"] for a in attempts if a.get("event_key")]
-        existing = self._existing(connection, ForwardAttemptRow.event_key, keys) if keys \
-            else set()  # fmt: skip
+        existing = self._existing(connection, ForwardAttemptRow.event_key, keys)
         wanted = [a["decision_key"] for a in attempts
                   if a.get("instance_id") is None and a.get("decision_key")]
-        ids: dict[str, int] = {}
-        for start in range(0, len(wanted), 500):
-            ids.update((key, row_id) for key, row_id in connection.execute(
-                select(InstanceRow.decision_key, InstanceRow.id).where(
-                    InstanceRow.decision_key.in_(wanted[start:start + 500]))))
+        ids = {key: row_id for key, row_id in self._rows_where_in(
+            connection, (InstanceRow.decision_key, InstanceRow.id), InstanceRow.decision_key,
+            wanted)}  # fmt: skip
         rows = []
         for attempt in attempts:
             key = attempt.get("event_key")
@@ -334,7 +340,7 @@ class LogStore:
 
     def _insert_associations(self, connection, associations: list[dict[str, Any]]) -> None:
         keys = [a["event_key"] for a in associations if a.get("event_key")]
-        existing = self._existing(connection, AssociationRow.event_key, keys) if keys else set()
+        existing = self._existing(connection, AssociationRow.event_key, keys)
         rows = []
         for a in associations:
             key = a.get("event_key")
@@ -349,11 +355,8 @@ class LogStore:
             connection.execute(insert(AssociationRow), rows)
 
     def _insert_instance(self, connection, entry: InstanceLogEntry) -> int:
-        if entry.action not in ACTIONS:
-            raise ValueError(f"action {entry.action!r} is not one of {', '.join(ACTIONS)}")
-        values = asdict(entry)
-        values["received_at"] = to_utc_naive(entry.received_at)
-        values["routing"] = entry.routing or {}
+        """One decision, its row id returned (record_instance; batches use _insert_instances)."""
+        values = self._instance_values(entry)
         if entry.decision_key is not None:  # a replay: the decision may be in already
             existing = connection.execute(select(InstanceRow.id).where(
                 InstanceRow.decision_key == entry.decision_key)).scalar_one_or_none()
