@@ -64,6 +64,7 @@ class AssociationAudit:
         self.on_error = on_error
         self._abort_primitive: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._aborted: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._cut_reason: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     @property
@@ -79,6 +80,11 @@ class AssociationAudit:
         if isinstance(primitive, (A_ABORT, A_P_ABORT)):
             self._abort_primitive[event.assoc] = primitive
 
+    def note_cut(self, assoc: Any, reason: str) -> None:
+        """The node cut this association's connection (dicomnode.wire_guard): the abort that
+        follows is recorded with this reason, not as a lost connection."""
+        self._cut_reason[assoc] = reason
+
     def _aborted_event(self, event: evt.Event) -> None:
         assoc = event.assoc
         if not assoc.is_acceptor:
@@ -87,8 +93,8 @@ class AssociationAudit:
             if assoc in self._aborted:
                 return
             self._aborted.add(assoc)
-        reason = abort_reason(self._abort_primitive.get(assoc),
-                              by_node=bool(getattr(assoc, "_sent_abort", False)))
+        reason = self._cut_reason.get(assoc) or abort_reason(
+            self._abort_primitive.get(assoc), by_node=bool(getattr(assoc, "_sent_abort", False)))
         self._emit(lambda: association_event(event, "aborted", reason))
 
     def _emit(self, build: Callable[[], AssociationEvent]) -> None:

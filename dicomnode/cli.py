@@ -103,13 +103,17 @@ def serve(
 ) -> None:
     """Run the node: receive, classify, tag, log and forward until Ctrl-C / SIGTERM."""
     from dicomnode.node import Node
+    from dicomnode.repeat_limiter import RepeatFilter
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # pydicom warns (warnings module) once per odd value it reads
+    repeats = RepeatFilter()  # one peer's thousand odd UIDs: a few lines and a count
     for handler in logging.getLogger().handlers:
         handler.addFilter(OnePeerLine())
+        handler.addFilter(repeats)
     node_config = apply_overrides(_load(config), host, port, ae_title, outbox, db)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -69,8 +69,12 @@ class ReceiveConfig(_Strict):
     # SIGTERM: associations in progress may finish (and release) for this long before the rest
     # are aborted; keep it under the service manager's stop timeout (systemd unit: 90 s).
     shutdown_grace_s: float = Field(30.0, ge=0.0)
-    # Longest wait for more bytes of a PDU that has begun (a stalled peer is disconnected,
-    # freeing its association slot); 0 = no deadline.
+    # Connections that have not yet asked for an association (stalled, scanning, slow) are
+    # capped apart, so they never take an association slot; over the cap they are closed.
+    max_pending_connections: int = Field(64, ge=1, le=10000)
+    # Every PDU must arrive whole within this many seconds of its first byte (plus 1 s per MiB
+    # it declares), and the A-ASSOCIATE-RQ within this many seconds of connecting; a stalled or
+    # trickling peer is cut off, freeing its slot. 0 = no deadline.
     read_timeout_s: float = Field(10.0, ge=0.0)
     # [AE, ...] or {AE: [address or network, ...] | null}; unset: any calling AE may associate.
     allowed_callers: AllowedCallers = None

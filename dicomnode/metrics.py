@@ -120,7 +120,9 @@ class NodeMetrics:
         )
         self.refused = Counter(
             "dicomnode_images_refused",
-            "C-STOREs refused before anything was written, by reason (disk_low: free-space floor)",
+            "C-STOREs refused before anything was written, by reason (disk_low: free-space floor; "
+            "uid_mismatch: dataset UIDs not the request's; wrong_context: on another class's "
+            "presentation context)",
             ["reason"],
             registry=self.registry,
         )
@@ -134,6 +136,14 @@ class NodeMetrics:
             "dicomnode_associations",
             "Associations, by outcome (accepted, rejected; aborted: accepted, then aborted)",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.connections_cut = Counter(
+            "dicomnode_connections_cut",
+            "Connections the node closed for what they sent or did not send, by reason (deadline, "
+            "oversize, unknown_pdu, unexpected_pdu, malformed_pdu, bad_ae_title, bad_context_id, "
+            "too_many_pending)",
+            ["reason"],
             registry=self.registry,
         )
         self.spool_purged = Counter(
@@ -209,6 +219,9 @@ class NodeMetrics:
             self.image_forwarded(destination, _seconds_since(meta.get("received_at")))
         else:
             self.forward_failed(destination)
+
+    def connection_cut(self, reason: str) -> None:
+        self.connections_cut.labels(reason=reason).inc()
 
     def image_refused(self, reason: str) -> None:
         self.refused.labels(reason=reason).inc()

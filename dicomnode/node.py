@@ -100,7 +100,7 @@ class Node:
             forwarder.start()
         self.receiver = Receiver(
             self.config.receive, self.spool, self.pipeline.submit, disk_guard=self._disk_guard(),
-            on_association=self._association_answered,
+            on_association=self._association_answered, metrics=self.metrics,
         )
         self.receiver.start()
         if self.config.inbox.path is not None:  # drop folder: files processed like received ones

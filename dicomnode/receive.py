@@ -7,6 +7,7 @@ on the pipeline's worker threads, so a modality never waits on the AI.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -29,7 +30,10 @@ from dicomnode.association_audit import AssociationAudit, AssociationEvent
 from dicomnode.config import ReceiveConfig
 from dicomnode.hardening import access_policy, receive_security
 from dicomnode.identity import node_ae, set_implementation
+from dicomnode.repeat_limiter import RepeatLimiter, held_note
 from dicomnode.spool import Spool
+from dicomnode.store_checks import check_store
+from dicomnode.wire_guard import ANSWER_TEXT, Cut, PduReader, WireLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +64,12 @@ def free_slot_of_unrequested(event: evt.Event) -> None:
         user_queue.put(None)
 
 
-def failure(status: int, comment: str) -> Dataset:
+def failure(status: int, comment: str, offending: tuple[int, ...] = ()) -> Dataset:
     response = Dataset()
     response.Status = status
     response.ErrorComment = comment[:64]  # LO
+    if offending:
+        response.OffendingElement = list(offending)
     return response
 
 
@@ -78,13 +84,18 @@ class Receiver:
         on_spooled: Callable[[Path, str], None],  # (path, SOP Class UID)
         disk_guard: Any = None,
         on_association: Callable[[AssociationEvent], None] | None = None,
+        metrics: Any = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.on_spooled = on_spooled
         self.disk_guard = disk_guard  # dicomnode.diskguard.DiskGuard or None
+        self.metrics = metrics  # dicomnode.metrics.NodeMetrics or None
         # accepted, refused and aborted associations: the audit
-        self._audit = AssociationAudit(on_association or (lambda _: None), log.exception)
+        self._record_association = on_association or (lambda _: None)
+        self._audit = AssociationAudit(self._record_association, log.exception)
+        self._wire_limits = WireLimits(config.read_timeout_s or float("inf"), config.max_pdu)
+        self._lines = RepeatLimiter()  # bad connections and refused stores: a few lines a minute
         self.policy = access_policy(config)
         self.ae = build_ae(config)
         self._server: Any = None
@@ -100,6 +111,7 @@ class Receiver:
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_STORE, self.handle_store),
             *security_handlers,
+            (evt.EVT_REQUESTED, self._within_capacity),
             (evt.EVT_CONN_CLOSE, free_slot_of_unrequested),
             *self._audit.handlers,
         ]
@@ -143,17 +155,65 @@ class Receiver:
         self.ae.shutdown()
 
     def _on_connection(self, event: evt.Event) -> None:
-        """TCP_NODELAY, and a deadline on every read: pynetdicom reads the rest of a PDU whose
-        header arrived with a blocking recv, so a peer that sends a header and then nothing
-        would hold its association slot for ever. An idle association is not reading (its
-        socket is polled) and is ended by network_timeout as before."""
+        """TCP_NODELAY; a connection over max_pending_connections closed at once; every PDU read
+        whole within the deadline and checked (dicomnode.wire_guard)."""
         set_tcp_nodelay(event)
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-        if sock is not None and self.config.read_timeout_s:
-            try:
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket if assoc_socket else None
+        if sock is None:
+            return
+        pending = [a for a in self.ae.active_associations
+                   if a.is_acceptor and not a.is_established and a is not event.assoc]
+        if len(pending) >= self.config.max_pending_connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            self._connection_cut(event.assoc, Cut(
+                "too_many_pending", f"{len(pending)} connections already waiting to associate "
+                "(receive.max_pending_connections)", None))
+            return
+        if self.config.read_timeout_s:
+            try:  # sends keep a deadline too
                 sock.settimeout(self.config.read_timeout_s)
             except OSError as exc:
-                log.debug("read deadline not set: %s", exc)
+                log.debug("send deadline not set: %s", exc)
+        assoc = event.assoc
+        PduReader(assoc_socket, self._wire_limits, lambda cut: self._connection_cut(assoc, cut))
+
+    def _within_capacity(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: at most max_associations established at once; connections still
+        associating are capped apart (max_pending_connections), so stalled ones cannot lock
+        modalities out."""
+        assoc = event.assoc
+        if assoc.is_rejected or assoc.is_aborted:
+            return
+        established = [a for a in self.ae.active_associations
+                       if a.is_acceptor and a.is_established and a is not assoc]
+        if len(established) < self.config.max_associations:
+            return
+        log.warning("association refused: %d associations open (receive.max_associations); "
+                    "A-ASSOCIATE-RJ result 0x02 source 0x03 reason 0x02", len(established))
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _connection_cut(self, assoc: Any, cut: Cut) -> None:
+        """Counted always; a few log lines and audit rows a minute per reason."""
+        if self.metrics is not None:
+            self.metrics.connection_cut(cut.reason)
+        answer = ANSWER_TEXT.get(cut.answer or "", "closed")
+        if assoc.is_established:  # the audit records the abort that follows, with this reason
+            self._audit.note_cut(assoc, f"cut off by the node: {cut.detail}; {answer}")
+        admitted, held = self._lines.admit(("cut", cut.reason))
+        if not admitted:
+            return
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        log.warning("connection from %s cut: %s; answered %s%s", peer, cut.detail, answer,
+                    held_note(held, self._lines.window_s))
+        if not assoc.is_established:
+            outcome = "rejected" if (cut.answer or "").startswith("reject") else "aborted"
+            self._record_association(AssociationEvent(
+                datetime.now(timezone.utc), outcome, "", "", peer,
+                f"{answer}: {cut.detail} (before association)"))
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
         requestor = event.assoc.requestor
@@ -168,6 +228,16 @@ class Receiver:
             "sop_instance_uid": str(request.AffectedSOPInstanceUID),
             "transfer_syntax_uid": str(context.transfer_syntax),
         }
+        refusal = check_store(request, context)
+        if refusal is not None:
+            if self.metrics is not None:
+                self.metrics.image_refused(refusal.reason)
+            admitted, held = self._lines.admit(("store", refusal.reason))
+            if admitted:
+                log.warning("C-STORE from %s refused (%#06x): %s%s", meta["calling_ae"],
+                            refusal.status, refusal.comment,
+                            held_note(held, self._lines.window_s))
+            return failure(refusal.status, refusal.comment, refusal.offending)
         if self.disk_guard is not None:
             # Below the free-space floor: refuse before writing anything (nothing half-written).
             reason = self.disk_guard.refusal(_dataset_size(request))
@@ -219,7 +289,9 @@ def build_ae(config: ReceiveConfig) -> AE:
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    ae.maximum_associations = config.max_associations
+    # pynetdicom counts connections still associating too; the node caps established
+    # associations itself (Receiver._within_capacity) and pending ones apart
+    ae.maximum_associations = config.max_associations + config.max_pending_connections
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     # Every storage SOP class (retired ones too) in every transfer syntax pydicom knows: the node
     # stores whatever a modality sends; decoding problems are the pipeline's to log, not a refusal.
