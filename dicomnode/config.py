@@ -52,6 +52,8 @@ class ReceiveConfig(_Strict):
     port: int = Field(11112, ge=0, le=65535)
     # 64 KiB PDUs keep a 16 MB instance from being buffered whole per association (0 = unlimited)
     max_pdu: int = Field(65536, ge=0, description="0 = unlimited")
+    # A larger instance is answered 0xA700 (out of resources) and not stored.
+    max_instance_mb: float = Field(4096, gt=0)
     # seconds; None waits forever
     acse_timeout: float | None = 30.0
     dimse_timeout: float | None = 60.0

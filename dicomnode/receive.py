@@ -1,8 +1,10 @@
 """Receive stage: the pynetdicom AE (C-ECHO, C-STORE for every storage SOP class), TCP_NODELAY.
 
 The C-STORE handler only spools: the encoded dataset exactly as the peer sent it (no decode, no
-re-encode) goes to the spool atomically, and only then is Success returned. Classification happens
-on the pipeline's worker threads, so a modality never waits on the AI.
+re-encode; pynetdicom wrote it to a file as it arrived, dicomnode.receive_files) goes to the spool
+atomically, and only then is Success returned. What is read off the wire first is checked by
+dicomnode.wire_guard, and what a C-STORE must agree with by dicomnode.store_checks.
+Classification happens on the pipeline's worker threads, so a modality never waits on the AI.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, register_uid, sop_class
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
@@ -29,16 +29,19 @@ from pynetdicom.sop_class import Verification
 from dicomnode.association_audit import AssociationAudit, AssociationEvent
 from dicomnode.config import ReceiveConfig
 from dicomnode.hardening import access_policy, receive_security
-from dicomnode.identity import node_ae, set_implementation
+from dicomnode.identity import node_ae
+from dicomnode.idle_polling import make_idle_aware
+from dicomnode.receive_files import ReceivedDataset, ReceiveToFiles, file_header
 from dicomnode.repeat_limiter import RepeatLimiter, held_note
-from dicomnode.spool import Spool
-from dicomnode.store_checks import check_store
+from dicomnode.spool import TMP, Spool
+from dicomnode.store_checks import Refusal, check_store
 from dicomnode.wire_guard import ANSWER_TEXT, Cut, PduReader, WireLimits
 
 log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+MiB = 1024 * 1024
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
@@ -99,6 +102,7 @@ class Receiver:
         self.policy = access_policy(config)
         self.ae = build_ae(config)
         self._server: Any = None
+        self._to_files: ReceiveToFiles | None = None
 
     def update_access(self, config: ReceiveConfig) -> None:
         """A reloaded allow-list: applies to the next association request."""
@@ -115,6 +119,7 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, free_slot_of_unrequested),
             *self._audit.handlers,
         ]
+        self._to_files = ReceiveToFiles(self.spool.dir(TMP))
         try:
             self._server = self.ae.start_server(
                 (self.config.host, self.config.port),
@@ -123,11 +128,20 @@ class Receiver:
                 ssl_context=ssl_context,
             )
         except OSError as exc:  # name the listener: the node has several
+            self._to_files.restore()
             raise ListenerError(
                 f"DICOM listener (receive.host/port) cannot bind {self.config.host}:"
                 f"{self.config.port}: {exc.strerror or exc}"
                 + (" (another program, or another dicomnode, listens there)"
                    if exc.errno == errno.EADDRINUSE else "")) from None
+        # pynetdicom deep-copies the supported contexts for every connection (thousands of UIDs
+        # here: ~100 ms of CPU under the GIL, which capped the accept rate at ~7 connections/s);
+        # negotiation only reads them, so every association can share one list.
+        self._server.contexts = SharedContexts(self._server.contexts)
+        # socketserver listens with a backlog of 5: a burst of connects (a scanner, many
+        # modalities at once) overflowed it, and each dropped SYN cost its sender a second
+        with contextlib.suppress(OSError):
+            self._server.socket.listen(max(128, self.config.max_pending_connections))
         host, port = self._server.server_address[:2]
         return host, port
 
@@ -153,10 +167,14 @@ class Receiver:
             log.warning("stopping: aborting %d association(s) still open after %.0f s "
                         "(receive.shutdown_grace_s)", len(left), grace_s)  # fmt: skip
         self.ae.shutdown()
+        if self._to_files is not None:
+            self._to_files.restore()
+            self._to_files = None
 
     def _on_connection(self, event: evt.Event) -> None:
         """TCP_NODELAY; a connection over max_pending_connections closed at once; every PDU read
-        whole within the deadline and checked (dicomnode.wire_guard)."""
+        whole within the deadline and checked (dicomnode.wire_guard); idle polling slowed
+        (dicomnode.idle_polling)."""
         set_tcp_nodelay(event)
         assoc_socket = event.assoc.dul.socket
         sock = assoc_socket.socket if assoc_socket else None
@@ -178,6 +196,7 @@ class Receiver:
                 log.debug("send deadline not set: %s", exc)
         assoc = event.assoc
         PduReader(assoc_socket, self._wire_limits, lambda cut: self._connection_cut(assoc, cut))
+        make_idle_aware(assoc)  # an idle association polls at 10 Hz, not 1 kHz
 
     def _within_capacity(self, event: evt.Event) -> None:
         """EVT_REQUESTED: at most max_associations established at once; connections still
@@ -201,7 +220,7 @@ class Receiver:
         if self.metrics is not None:
             self.metrics.connection_cut(cut.reason)
         answer = ANSWER_TEXT.get(cut.answer or "", "closed")
-        if assoc.is_established:  # the audit records the abort that follows, with this reason
+        if cut.after_request:  # the audit records the abort that follows, with this reason
             self._audit.note_cut(assoc, f"cut off by the node: {cut.detail}; {answer}")
         admitted, held = self._lines.admit(("cut", cut.reason))
         if not admitted:
@@ -209,7 +228,7 @@ class Receiver:
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
         log.warning("connection from %s cut: %s; answered %s%s", peer, cut.detail, answer,
                     held_note(held, self._lines.window_s))
-        if not assoc.is_established:
+        if not cut.after_request:
             outcome = "rejected" if (cut.answer or "").startswith("reject") else "aborted"
             self._record_association(AssociationEvent(
                 datetime.now(timezone.utc), outcome, "", "", peer,
@@ -228,7 +247,12 @@ class Receiver:
             "sop_instance_uid": str(request.AffectedSOPInstanceUID),
             "transfer_syntax_uid": str(context.transfer_syntax),
         }
-        refusal = check_store(request, context)
+        received = ReceivedDataset.of(event)
+        refusal = check_store(request, context, received.head())
+        if refusal is None and received.size > self.config.max_instance_mb * MiB:
+            refusal = Refusal(STATUS_OUT_OF_RESOURCES, f"instance of {received.size // MiB} MB, "
+                              f"over receive.max_instance_mb {self.config.max_instance_mb:g}",
+                              reason="too_large")
         if refusal is not None:
             if self.metrics is not None:
                 self.metrics.image_refused(refusal.reason)
@@ -240,15 +264,14 @@ class Receiver:
             return failure(refusal.status, refusal.comment, refusal.offending)
         if self.disk_guard is not None:
             # Below the free-space floor: refuse before writing anything (nothing half-written).
-            reason = self.disk_guard.refusal(_dataset_size(request))
+            reason = self.disk_guard.refusal(received.size)
             if reason is not None:
                 return failure(STATUS_OUT_OF_RESOURCES, reason)
         try:
             # Preamble + file meta (built from the request and the context, naming the node as
             # the implementation that wrote the file and the sender as its source) + the
-            # dataset bytes exactly as they arrived.
-            encoded = encoded_file(event)
-            path = self.spool.accept(encoded, meta)
+            # dataset bytes exactly as they arrived, copied from the file pynetdicom wrote.
+            path = self.spool.accept(received.writer(file_header(event)), meta)
         except OSError as exc:
             log.error("cannot spool %s: %s", meta["sop_instance_uid"], exc)
             return failure(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}")
@@ -259,28 +282,17 @@ class Receiver:
         return STATUS_SUCCESS
 
 
+class SharedContexts(list):
+    """The listener's supported presentation contexts, handed to each association as they are
+    (copy.deepcopy returns a shallow copy): pynetdicom's negotiation builds new contexts for its
+    answer and never changes these."""
+
+    def __deepcopy__(self, memo: dict) -> list:
+        return list(self)
+
+
 class ListenerError(OSError):
     """A listener could not bind: names which one, and where."""
-
-
-def encoded_file(event: evt.Event) -> bytes:
-    """The received instance as a DICOM file (PS3.10), with the node's file meta."""
-    file_meta = event.file_meta
-    set_implementation(file_meta)
-    file_meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, file_meta, enforce_standard=True)
-    buffer.write(event.request.DataSet.getvalue())
-    return buffer.getvalue()
-
-
-def _dataset_size(request: Any) -> int:
-    try:
-        with request.DataSet.getbuffer() as view:  # no copy of the bytes
-            return int(view.nbytes)
-    except (AttributeError, ValueError, TypeError):
-        return 0
 
 
 def build_ae(config: ReceiveConfig) -> AE:

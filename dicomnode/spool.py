@@ -21,9 +21,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 INCOMING, PROCESSING, OUTGOING, SENT, FAILED, TMP = (
     "incoming", "processing", "outgoing", "sent", "failed", "tmp",
@@ -48,7 +48,12 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None,
     write_all_atomic([(path, data)], tmp_dir, durable)
 
 
-def write_all_atomic(files: list[tuple[Path, bytes]], tmp_dir: Path | None = None,
+# What a file is made of: its bytes, or a function that writes them to the open file (for
+# content too big to hold in memory).
+Content = bytes | Callable[[BinaryIO], None]
+
+
+def write_all_atomic(files: list[tuple[Path, Content]], tmp_dir: Path | None = None,
                      durable: bool = True) -> None:
     """write_atomic for several files of one folder: each written and fsynced, then renamed in
     the order given (a reader never sees a later one without the earlier ones), then one fsync
@@ -60,7 +65,10 @@ def write_all_atomic(files: list[tuple[Path, bytes]], tmp_dir: Path | None = Non
             tmp = (tmp_dir or path.parent) / unique
             staged.append((tmp, path))
             with open(tmp, "wb") as handle:
-                handle.write(data)
+                if callable(data):
+                    data(handle)
+                else:
+                    handle.write(data)
                 if durable:
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -137,8 +145,9 @@ class Spool:
             return ordered_name(self._sequence)
 
     # -- receive -------------------------------------------------------------------------------
-    def accept(self, encoded_file: bytes, meta: dict[str, Any]) -> Path:
-        """Store one received instance (DICOM file bytes exactly as received) in incoming/."""
+    def accept(self, encoded_file: Content, meta: dict[str, Any]) -> Path:
+        """Store one received instance (DICOM file bytes exactly as received, or a function
+        that writes them) in incoming/."""
         name = self.new_name()
         meta = {**meta, "name": name}
         sidecar = self.dir(INCOMING) / f"{name}.json"

@@ -16,7 +16,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_DATASET_DOES_NOT_MATCH = 0xA900
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
-HEAD_BYTES = 1 << 16  # the two UIDs sit near the start of the dataset (group 0008)
+# The two UIDs sit near the start of the dataset (group 0008); deflated, 256 KiB of it give
+# 64 KiB of dataset.
+HEAD_BYTES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,16 @@ class Refusal:
     reason: str = ""  # metric label
 
 
-def check_store(request: Any, context: Any) -> Refusal | None:
-    """None when the C-STORE may be stored; else the failure to answer with."""
+def check_store(request: Any, context: Any, head: bytes) -> Refusal | None:
+    """None when the C-STORE may be stored; else the failure to answer with. `head`: the first
+    bytes of the encoded dataset (HEAD_BYTES of it suffice)."""
     command_class = str(request.AffectedSOPClassUID)
     command_instance = str(request.AffectedSOPInstanceUID)
     if str(context.abstract_syntax) != command_class:
         return Refusal(STATUS_SOP_CLASS_NOT_SUPPORTED,
                        f"SOP class {command_class} sent on a context for "
                        f"{context.abstract_syntax}", reason="wrong_context")
-    found = dataset_uids(request.DataSet, UID(str(context.transfer_syntax)))
+    found = dataset_uids(head, UID(str(context.transfer_syntax)))
     for tag, in_command, name in ((SOP_CLASS_UID, command_class, "Class"),
                                   (SOP_INSTANCE_UID, command_instance, "Instance")):
         in_dataset = found.get(tag)
@@ -46,16 +49,11 @@ def check_store(request: Any, context: Any) -> Refusal | None:
     return None
 
 
-def dataset_uids(dataset_bytes: Any, transfer_syntax: UID) -> dict[int, str]:
+def dataset_uids(head: bytes, transfer_syntax: UID) -> dict[int, str]:
     """SOP Class and Instance UID from the start of an encoded dataset; {} where unreadable."""
     try:
-        with dataset_bytes.getbuffer() as view:
-            head = bytes(view[:HEAD_BYTES * 4])
-    except (AttributeError, ValueError, TypeError):
-        return {}
-    try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, HEAD_BYTES)
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, HEAD_BYTES // 4)
         header = read_dataset(BytesIO(head), transfer_syntax.is_implicit_VR,
                               transfer_syntax.is_little_endian,
                               stop_when=lambda tag, _vr, _length: tag > SOP_INSTANCE_UID)

@@ -20,7 +20,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
@@ -67,6 +67,7 @@ class Cut:
     reason: str
     detail: str
     answer: str | None
+    after_request: bool = False  # the A-ASSOCIATE-RQ had been read: an association's abort
 
 
 class PduReader:
@@ -163,6 +164,7 @@ class PduReader:
 
     def _cut(self, raw: socket.socket, cut: Cut) -> None:
         self._cut_off = True
+        cut = replace(cut, after_request=not self._associating)
         answer = ANSWERS.get(cut.answer) if cut.answer else None
         try:
             raw.settimeout(1.0)

@@ -66,6 +66,14 @@ class Received:
         return pydicom.dcmread(BytesIO(self.encoded))
 
 
+def received_file(event: evt.Event) -> bytes:
+    """A C-STORE's dataset as a file; a node started in this process makes pynetdicom write
+    received datasets to files (dicomnode.receive.ReceiveToFiles), so read it from there."""
+    if event.dataset_path is not None:
+        return Path(event.dataset_path).read_bytes()
+    return event.encoded_dataset(include_meta=True)
+
+
 class RecordingSCP:
     """A pynetdicom storage SCP on 127.0.0.1 that keeps every instance it receives (in memory),
     with the raw bytes as sent. `transfer_syntaxes` limits what it accepts (to test fallbacks);
@@ -98,7 +106,7 @@ class RecordingSCP:
             str(event.request.AffectedSOPInstanceUID),
             str(event.context.transfer_syntax),
             event.assoc.requestor.ae_title,
-            event.encoded_dataset(include_meta=True),
+            received_file(event),
         )
         with self._lock:
             self.received.append(item)

@@ -27,6 +27,10 @@ QUICK_RUNS = {
         "bench.log_queries", "--rows", "2000", "--repeat", "1", "--backends", "sqlite",
     ],
     "log_writer.json": ["bench.log_writer", "--decisions", "300"],
+    "hostile_peers.json": [
+        "bench.hostile_peers", "--read-timeout-s", "1", "--instance-mb", "4", "--storm", "20",
+        "--idle-s", "1",
+    ],
 }
 
 
@@ -68,6 +72,13 @@ def test_bench_script_runs_and_writes_json(
             assert all(k["n"] > 0 and k["receive_to_forwarded_ms_median"] > 0
                        for k in mixed.values())
         assert payload["results"]["node"]["process_peak_rss_mb"]["main"] > 0
+    if result_name == "hostile_peers.json":
+        results = payload
+        assert results["stalled"]["echo_ok"] and results["stalled"]["store_ok"]
+        assert results["big_pdu"]["answer"].startswith("07")  # an A-ABORT
+        assert results["big_instance"]["status"] == 0 and results["big_instance"]["rss_peak_mb"] > 0
+        assert results["storm"]["connections_per_s"] > 0 and results["storm"]["echo_after_ok"]
+        assert results["idle"]["associations"] == 32
     if result_name == "log_writer.json":
         assert len(payload["results"]) == 3
         assert all(r["decisions"] == 300 and r["decisions_per_s"] > 0

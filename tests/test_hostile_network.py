@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -152,7 +153,9 @@ def test_a_pdu_longer_than_advertised_is_aborted_within_a_second(start_node, tmp
     assert seconds < 1.0, seconds
     print(f"100 MB P-DATA-TF claim aborted in {seconds * 1000:.0f} ms")
     wait_for(lambda: node.log_store.associations(outcome="aborted"), 10, "abort not logged")
-    (row,) = node.log_store.associations(outcome="aborted")
+    rows = node.log_store.associations(outcome="aborted")
+    assert len(rows) == 1, [tuple(r) for r in rows]
+    (row,) = rows
     assert row.calling_ae == "PROBE"
     assert "cut off by the node: PDU type 0x04 of 104857600 bytes, over the 65536" in row.reason
     assert echo(node.port)
@@ -363,3 +366,65 @@ def test_a_request_with_a_thousand_fake_syntaxes_writes_a_few_lines(tmp_path):
     print(f"{len(lines)} service log lines for 1,000 fake transfer syntaxes")
     assert len(lines) < 100, "\n".join(lines[:120])  # 2,000+ lines without the limit
 
+
+
+def large_cr(source: Path, target: Path, rows: int, columns: int) -> Path:
+    """The small CR with a rows x columns 16-bit random image: a big instance, real encoding."""
+    import numpy as np
+
+    dataset = dcmread(source)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation, dataset.SamplesPerPixel = 0, 1
+    pixels = np.random.default_rng(18).integers(0, 4096, (rows, columns), dtype=np.uint16)
+    dataset.PixelData = pixels.tobytes()
+    dataset["PixelData"].VR = "OW"
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_instances_stream_to_the_spool_and_one_over_max_instance_mb_is_refused(start_node,
+                                                                             tmp_path):
+    from pynetdicom.dsutils import split_dataset
+
+    outbox = tmp_path / "outbox"
+    node = start_node([{"name": "outbox", "type": "folder", "path": str(outbox)}],
+                      receive={"max_instance_mb": 16}, **NO_CLASSIFY)
+    small = make_images(tmp_path / "images", 1)[0]
+    fits = large_cr(small, tmp_path / "fits.dcm", 2000, 3000)  # 12 MB
+    too_large = large_cr(small, tmp_path / "too-large.dcm", 3000, 3000)  # 18 MB
+    assert send_files(node.port, fits, too_large) == [0x0000, 0xA700]
+    wait_for(lambda: len(list(outbox.rglob("*.dcm"))) == 1, 30, "not delivered")
+    (delivered,) = outbox.rglob("*.dcm")
+    _meta, sent_at = split_dataset(fits)
+    _meta, delivered_at = split_dataset(delivered)
+    # the dataset exactly as sent, copied behind the node's own file meta
+    assert delivered.read_bytes()[delivered_at:] == fits.read_bytes()[sent_at:]
+    assert node.metrics.refused.labels("too_large")._value.get() == 1
+    assert list((node.spool.root / "tmp").iterdir()) == []  # pynetdicom's files cleaned up
+
+
+def test_an_idle_association_polls_slowly_and_still_answers_at_once_when_spoken_to(start_node,
+                                                                                   tmp_path):
+    from dicomnode.idle_polling import BUSY_POLL_S, IDLE_AFTER_S, IDLE_POLL_S
+
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    node = start_node([outbox], **NO_CLASSIFY)
+    ae = AE(ae_title="IDLER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        (accepted,) = [a for a in node.receiver.ae.active_associations if a.is_acceptor]
+        assert accepted.dul._run_loop_delay == BUSY_POLL_S  # just associated
+        time.sleep(IDLE_AFTER_S + 0.3)
+        assert accepted.dul._run_loop_delay == IDLE_POLL_S  # idle: 10 polls a second
+        started = time.monotonic()
+        assert assoc.send_c_echo().Status == 0x0000
+        answered = time.monotonic() - started
+        assert accepted.dul._run_loop_delay == BUSY_POLL_S  # spoken to: fast again
+        assert answered < 2 * IDLE_POLL_S + 0.3, answered
+    finally:
+        assoc.release()
+        ae.shutdown()
