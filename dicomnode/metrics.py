@@ -148,7 +148,8 @@ class NodeMetrics:
         )
         self.spool_purged = Counter(
             "dicomnode_spool_purged",
-            "sent/ copies purged by spool retention, by reason (age, size, disk)",
+            "sent/ copies purged by spool retention, by reason (age, size, disk; stale_tmp: "
+            "files of aborted transfers left in tmp/)",
             ["reason"],
             registry=self.registry,
         )

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomnode.config import NodeConfig
-from dicomnode.spool import FAILED, SENT, Spool
+from dicomnode.spool import FAILED, SENT, TMP, Spool
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+# A file in tmp/ untouched this long belongs to no live transfer: pynetdicom writes every
+# fragment as it arrives, and receive.network_timeout (60 s) ends an association gone quiet.
+STALE_TMP_S = 600.0
 
 
 @dataclass
@@ -32,7 +35,8 @@ class SentCopy:
 
 @dataclass
 class PurgeReport:
-    by_reason: dict[str, int] = field(default_factory=dict)  # age | size | disk -> copies
+    # age | size | disk -> sent/ copies; stale_tmp -> abandoned files in tmp/
+    by_reason: dict[str, int] = field(default_factory=dict)
     bytes_freed: int = 0
     failed_waiting: int = 0
 
@@ -86,10 +90,32 @@ def purge_pass(spool: Spool, config: NodeConfig, now: float | None = None,
         total -= copy.size
         report.bytes_freed += copy.size
         report.by_reason[reason] = report.by_reason.get(reason, 0) + 1
+    for leftover in stale_received(spool, now):
+        size = leftover.stat().st_size
+        leftover.unlink(missing_ok=True)
+        report.bytes_freed += size
+        report.by_reason["stale_tmp"] = report.by_reason.get("stale_tmp", 0) + 1
     root = spool.dir(FAILED)
     report.failed_waiting = sum(
         len(spool.names(FAILED, p.name)) for p in root.glob("*") if p.is_dir())
     return report
+
+
+def stale_received(spool: Spool, now: float) -> list[Path]:
+    """Files in tmp/ not written to for STALE_TMP_S: datasets of transfers that were aborted
+    midway (pynetdicom removes the file of a completed C-STORE, not of an abandoned one) and
+    partial writes; emptied at start as well, these would otherwise fill the disk until then."""
+    folder = spool.dir(TMP)
+    if not folder.is_dir():
+        return []
+    stale = []
+    for path in folder.iterdir():
+        try:
+            if now - path.stat().st_mtime > STALE_TMP_S:
+                stale.append(path)
+        except FileNotFoundError:  # finished and moved meanwhile
+            continue
+    return stale
 
 
 class SpoolRetention:
@@ -121,9 +147,13 @@ class SpoolRetention:
 
     def _report(self, report: PurgeReport) -> None:
         for reason, count in sorted(report.by_reason.items()):
-            what = {"age": "older than the retention", "size": "over spool.sent_max_mb",
-                    "disk": "free space under twice disk.min_free_mb"}[reason]
-            log.info("spool retention: purged %d sent/ copies (%s)", count, what)
+            if reason == "stale_tmp":
+                log.warning("spool retention: removed %d unfinished file(s) from tmp/, untouched "
+                            "for %.0f s (aborted transfers)", count, STALE_TMP_S)
+            else:
+                what = {"age": "older than the retention", "size": "over spool.sent_max_mb",
+                        "disk": "free space under twice disk.min_free_mb"}[reason]
+                log.info("spool retention: purged %d sent/ copies (%s)", count, what)
             if self.on_purged is not None:
                 self.on_purged(reason, count)
         if report.failed_waiting:

@@ -192,6 +192,23 @@ def test_sent_copies_are_purged_by_age_size_and_disk_pressure_never_past_log_ret
     assert report.bytes_freed == oldest
 
 
+def test_files_of_aborted_transfers_left_in_tmp_are_removed_once_stale(tmp_path):
+    from dicomnode.spool_retention import STALE_TMP_S
+
+    spool = Spool(tmp_path / "spool")
+    spool.ensure(["pacs"])
+    now = time.time()
+    abandoned = spool.dir(TMP) / "tmpabandoned.dcm"  # what pynetdicom leaves of an aborted C-STORE
+    abandoned.write_bytes(b"\0" * 1000)
+    os.utime(abandoned, (now - STALE_TMP_S - 1,) * 2)
+    arriving = spool.dir(TMP) / "tmparriving.dcm"  # a transfer in progress
+    arriving.write_bytes(b"\0" * 10)
+    report = purge_pass(spool, NodeConfig.model_validate({"spool": {"path": str(spool.root)}}),
+                        now=now)  # fmt: skip
+    assert report.by_reason == {"stale_tmp": 1} and report.bytes_freed == 1000
+    assert not abandoned.exists() and arriving.exists()
+
+
 def test_the_node_purges_sent_copies_logs_and_counts_it(start_node, tmp_path, caplog):
     outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
     with caplog.at_level(logging.INFO, logger="dicomnode.spool_retention"):
