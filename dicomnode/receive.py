@@ -97,7 +97,9 @@ class Receiver:
         # accepted, refused and aborted associations: the audit
         self._record_association = on_association or (lambda _: None)
         self._audit = AssociationAudit(self._record_association, log.exception)
-        self._wire_limits = WireLimits(config.read_timeout_s or float("inf"), config.max_pdu)
+        self._wire_limits = WireLimits(
+            config.read_timeout_s or float("inf"), config.max_pdu,
+            space_check=disk_guard.refusal if disk_guard is not None else None)
         self._lines = RepeatLimiter()  # bad connections and refused stores: a few lines a minute
         self.policy = access_policy(config)
         self.ae = build_ae(config)

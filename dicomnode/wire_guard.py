@@ -43,7 +43,7 @@ FIXED_LENGTH = {RELEASE_RQ: 4, RELEASE_RP: 4, ABORT: 4}  # PS3.8 9.3.6-9.3.8
 PRESENTATION_CONTEXT_ITEM = 0x20
 
 # A-ABORT reasons (PS3.8 Table 9-26), source 2 = DICOM UL service-provider
-UNRECOGNISED_PDU, UNEXPECTED_PDU, INVALID_PARAMETER = 1, 2, 6
+REASON_NOT_SPECIFIED, UNRECOGNISED_PDU, UNEXPECTED_PDU, INVALID_PARAMETER = 0, 1, 2, 6
 # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling (3) or called (7) AE not recognised
 CALLING_AE_NOT_RECOGNISED, CALLED_AE_NOT_RECOGNISED = 3, 7
 
@@ -57,6 +57,10 @@ class WireLimits:
     pdu_deadline_s: float
     max_data_pdu: int
     per_mib_s: float = 1.0
+    # Asked after every `space_every` bytes of P-DATA: None while the spool has room, else why
+    # not (the transfer is aborted then, not finished onto a full disk).
+    space_check: Callable[[int], str | None] | None = None
+    space_every: int = 16 * MiB
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class PduReader:
         self._associating = True  # until the first A-ASSOCIATE-RQ has been read
         self._body = bytearray()  # the body of the PDU whose header pynetdicom was just given
         self._cut_off = False
+        self._data_since_check = 0
         self._restore_timeout = assoc_socket.socket.gettimeout() if assoc_socket.socket else None
         assoc_socket.recv = self.recv
 
@@ -159,8 +164,21 @@ class PduReader:
         if pdu_type == ASSOCIATE_RQ:
             return check_associate_rq(body)
         if pdu_type == P_DATA_TF:
-            return check_p_data(body)
+            return check_p_data(body) or self._check_space(len(body))
         return None
+
+    def _check_space(self, received: int) -> Cut | None:
+        check = self._limits.space_check
+        if check is None:
+            return None
+        self._data_since_check += received
+        if self._data_since_check < self._limits.space_every:
+            return None
+        reason = check(self._data_since_check)
+        self._data_since_check = 0
+        if reason is None:
+            return None
+        return _abort("disk_low", f"transfer stopped: {reason}", REASON_NOT_SPECIFIED)
 
     def _cut(self, raw: socket.socket, cut: Cut) -> None:
         self._cut_off = True
@@ -272,11 +290,13 @@ def _reject_pdu(diagnostic: int) -> bytes:
 
 
 ANSWERS = {
-    **{f"abort-{d}": _abort_pdu(d) for d in (UNRECOGNISED_PDU, UNEXPECTED_PDU, INVALID_PARAMETER)},
+    **{f"abort-{d}": _abort_pdu(d) for d in (REASON_NOT_SPECIFIED, UNRECOGNISED_PDU,
+                                             UNEXPECTED_PDU, INVALID_PARAMETER)},
     **{f"reject-{d}": _reject_pdu(d) for d in (CALLING_AE_NOT_RECOGNISED,
                                                CALLED_AE_NOT_RECOGNISED)},
 }
 ANSWER_TEXT = {
+    f"abort-{REASON_NOT_SPECIFIED}": "A-ABORT (source 2, reason 0: not specified)",
     f"abort-{UNRECOGNISED_PDU}": "A-ABORT (source 2, reason 1: unrecognised PDU)",
     f"abort-{UNEXPECTED_PDU}": "A-ABORT (source 2, reason 2: unexpected PDU)",
     f"abort-{INVALID_PARAMETER}": "A-ABORT (source 2, reason 6: invalid PDU parameter value)",

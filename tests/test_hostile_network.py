@@ -428,3 +428,24 @@ def test_an_idle_association_polls_slowly_and_still_answers_at_once_when_spoken_
     finally:
         assoc.release()
         ae.shutdown()
+
+
+def test_a_transfer_is_aborted_when_the_spool_runs_short_midway_and_nothing_is_kept(start_node,
+                                                                                  tmp_path):
+    outbox = tmp_path / "outbox"
+    node = start_node([{"name": "outbox", "type": "folder", "path": str(outbox)}],
+                      disk={"min_free_mb": 100}, **NO_CLASSIFY)
+    free = iter([10**12] + [0] * 1000)  # room when the transfer starts, then the disk fills
+    node.receiver.disk_guard.free_bytes = lambda: next(free)
+    small = make_images(tmp_path / "images", 1)[0]
+    big = large_cr(small, tmp_path / "big.dcm", 4000, 5000)  # 40 MB: checked every 16 MiB
+    assert send_files(node.port, big) == [None]  # aborted: no status
+    assert node.metrics.connections_cut.labels("disk_low")._value.get() == 1
+    wait_for(lambda: node.log_store.associations(outcome="aborted"), 10, "abort not logged")
+    (row,) = node.log_store.associations(outcome="aborted")
+    assert "transfer stopped: disk low" in row.reason, row.reason
+    node.receiver.disk_guard.free_bytes = lambda: 10**12  # space is back
+    assert send_files(node.port, small) == [0x0000]
+    wait_for(lambda: len(list(outbox.rglob("*.dcm"))) == 1, 30, "not delivered")
+    received = [p.name for p in node.spool.dir(INCOMING).iterdir()]
+    assert received == [], received  # nothing of the aborted one was kept
