@@ -142,7 +142,7 @@ class NodeMetrics:
             "dicomnode_connections_cut",
             "Connections the node closed for what they sent or did not send, by reason (deadline, "
             "oversize, unknown_pdu, unexpected_pdu, malformed_pdu, bad_ae_title, bad_context_id, "
-            "too_many_pending, disk_low: free space fell under the floor mid-transfer)",
+            "too_many_pending, no_room: the spool had no room (or no tmp/) for the transfer)",
             ["reason"],
             registry=self.registry,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -97,14 +98,20 @@ class Receiver:
         # accepted, refused and aborted associations: the audit
         self._record_association = on_association or (lambda _: None)
         self._audit = AssociationAudit(self._record_association, log.exception)
-        self._wire_limits = WireLimits(
-            config.read_timeout_s or float("inf"), config.max_pdu,
-            space_check=disk_guard.refusal if disk_guard is not None else None)
+        self._wire_limits = WireLimits(config.read_timeout_s or float("inf"), config.max_pdu,
+                                       space_check=self._room_for)
         self._lines = RepeatLimiter()  # bad connections and refused stores: a few lines a minute
         self.policy = access_policy(config)
         self.ae = build_ae(config)
         self._server: Any = None
         self._to_files: ReceiveToFiles | None = None
+
+    def _room_for(self, incoming: int) -> str | None:
+        """None when the spool can take `incoming` more bytes, else why not."""
+        tmp = self.spool.dir(TMP)
+        if not os.access(tmp, os.W_OK):  # False when missing, too
+            return f"the spool's {tmp} cannot be written"
+        return self.disk_guard.refusal(incoming) if self.disk_guard is not None else None
 
     def update_access(self, config: ReceiveConfig) -> None:
         """A reloaded allow-list: applies to the next association request."""
@@ -249,8 +256,13 @@ class Receiver:
             "sop_instance_uid": str(request.AffectedSOPInstanceUID),
             "transfer_syntax_uid": str(context.transfer_syntax),
         }
-        received = ReceivedDataset.of(event)
-        refusal = check_store(request, context, received.head())
+        try:
+            received = ReceivedDataset.of(event)
+            head = received.head()
+        except (OSError, ValueError) as exc:  # pynetdicom's file of it cannot be read
+            log.error("cannot read the received %s: %s", meta["sop_instance_uid"], exc)
+            return failure(STATUS_OUT_OF_RESOURCES, f"cannot read the dataset: {exc}")
+        refusal = check_store(request, context, head)
         if refusal is None and received.size > self.config.max_instance_mb * MiB:
             refusal = Refusal(STATUS_OUT_OF_RESOURCES, f"instance of {received.size // MiB} MB, "
                               f"over receive.max_instance_mb {self.config.max_instance_mb:g}",

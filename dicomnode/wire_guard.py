@@ -57,8 +57,9 @@ class WireLimits:
     pdu_deadline_s: float
     max_data_pdu: int
     per_mib_s: float = 1.0
-    # Asked after every `space_every` bytes of P-DATA: None while the spool has room, else why
-    # not (the transfer is aborted then, not finished onto a full disk).
+    # Asked on the first P-DATA and after every `space_every` bytes more: None while the spool
+    # has room for that much, else why not (the transfer is aborted, not finished onto a full
+    # or missing spool).
     space_check: Callable[[int], str | None] | None = None
     space_every: int = 16 * MiB
 
@@ -86,7 +87,8 @@ class PduReader:
         self._associating = True  # until the first A-ASSOCIATE-RQ has been read
         self._body = bytearray()  # the body of the PDU whose header pynetdicom was just given
         self._cut_off = False
-        self._data_since_check = 0
+        self._data_received = 0
+        self._next_space_check = 0  # bytes of P-DATA at which space is checked next
         self._restore_timeout = assoc_socket.socket.gettimeout() if assoc_socket.socket else None
         assoc_socket.recv = self.recv
 
@@ -168,17 +170,19 @@ class PduReader:
         return None
 
     def _check_space(self, received: int) -> Cut | None:
+        """On the first P-DATA and then every space_every bytes: pynetdicom writes what
+        arrives to a file in its own thread, where a full or missing spool would crash it."""
         check = self._limits.space_check
         if check is None:
             return None
-        self._data_since_check += received
-        if self._data_since_check < self._limits.space_every:
+        self._data_received += received
+        if self._data_received < self._next_space_check:
             return None
-        reason = check(self._data_since_check)
-        self._data_since_check = 0
+        self._next_space_check = self._data_received + self._limits.space_every
+        reason = check(self._limits.space_every)
         if reason is None:
             return None
-        return _abort("disk_low", f"transfer stopped: {reason}", REASON_NOT_SPECIFIED)
+        return _abort("no_room", f"transfer stopped: {reason}", REASON_NOT_SPECIFIED)
 
     def _cut(self, raw: socket.socket, cut: Cut) -> None:
         self._cut_off = True

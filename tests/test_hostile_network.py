@@ -440,7 +440,7 @@ def test_a_transfer_is_aborted_when_the_spool_runs_short_midway_and_nothing_is_k
     small = make_images(tmp_path / "images", 1)[0]
     big = large_cr(small, tmp_path / "big.dcm", 4000, 5000)  # 40 MB: checked every 16 MiB
     assert send_files(node.port, big) == [None]  # aborted: no status
-    assert node.metrics.connections_cut.labels("disk_low")._value.get() == 1
+    assert node.metrics.connections_cut.labels("no_room")._value.get() == 1
     wait_for(lambda: node.log_store.associations(outcome="aborted"), 10, "abort not logged")
     (row,) = node.log_store.associations(outcome="aborted")
     assert "transfer stopped: disk low" in row.reason, row.reason
