@@ -31,7 +31,7 @@ from pynetdicom.sop_class import Verification
 from bench.common import print_table, write_json
 from bench.peers import RssSampler, start_node
 from tests.store_forward_helpers import echo, make_images
-from tests.test_hostile_network import HEADER, established, large_cr
+from tests.test_hostile_network import HEADER, established, large_cr, stalled_peers
 
 NODE_AE = "DICOMNODE"
 
@@ -62,35 +62,17 @@ def store(port: int, path: Path) -> int:
 
 
 def stalled(port: int, image: Path, deadline_s: float) -> dict:
-    silent, trickling = [], []
-    for index in range(40):
-        peer = socket.create_connection(("127.0.0.1", port))
-        peer.sendall(HEADER.pack(0x01, 0, 1000))
-        (silent if index % 2 else trickling).append(peer)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.wait(1.0):
-            for peer in trickling:
-                with contextlib.suppress(OSError):
-                    peer.send(b"\0")
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    echoed = echo(port)
-    echo_s = time.monotonic() - started
-    stored = store(port, image) == 0
-    store_s = time.monotonic() - started
-    for peer in silent + trickling:
-        peer.settimeout(deadline_s + 30)
-        with contextlib.suppress(OSError):
-            peer.recv(16)
-    closed_s = time.monotonic() - started
-    stop.set()
-    thread.join()
-    for peer in silent + trickling:
-        peer.close()
+    with stalled_peers(port) as peers:
+        started = time.monotonic()
+        echoed = echo(port)
+        echo_s = time.monotonic() - started
+        stored = store(port, image) == 0
+        store_s = time.monotonic() - started
+        for peer in peers:
+            peer.settimeout(deadline_s + 30)
+            with contextlib.suppress(OSError):
+                peer.recv(16)
+        closed_s = time.monotonic() - started
     return {"echo_ok": echoed, "echo_s": echo_s, "store_ok": stored, "store_s": store_s,
             "all_closed_s": closed_s, "deadline_s": deadline_s}
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -107,11 +108,20 @@ class Receiver:
         self._to_files: ReceiveToFiles | None = None
 
     def _room_for(self, incoming: int) -> str | None:
-        """None when the spool can take `incoming` more bytes, else why not."""
+        """None when the spool can be written `incoming` more bytes (twice that free, so the
+        writes until the next check cannot fail), else why not. Below the free-space floor but
+        above this the transfer goes on and is answered 0xA700 at its end (DiskGuard)."""
         tmp = self.spool.dir(TMP)
         if not os.access(tmp, os.W_OK):  # False when missing, too
             return f"the spool's {tmp} cannot be written"
-        return self.disk_guard.refusal(incoming) if self.disk_guard is not None else None
+        try:
+            free = (self.disk_guard.free_bytes() if self.disk_guard is not None
+                    else shutil.disk_usage(tmp).free)
+        except OSError as exc:
+            return f"cannot check free space: {exc.strerror or exc}"
+        if free < 2 * incoming:
+            return f"disk full: {free // MiB} MB free"
+        return None
 
     def update_access(self, config: ReceiveConfig) -> None:
         """A reloaded allow-list: applies to the next association request."""

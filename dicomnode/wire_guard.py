@@ -57,9 +57,9 @@ class WireLimits:
     pdu_deadline_s: float
     max_data_pdu: int
     per_mib_s: float = 1.0
-    # Asked on the first P-DATA and after every `space_every` bytes more: None while the spool
-    # has room for that much, else why not (the transfer is aborted, not finished onto a full
-    # or missing spool).
+    # Asked on the first dataset fragment and after every `space_every` bytes more: None while
+    # the spool can take that much, else why not (the transfer is aborted: writing it would
+    # fail in pynetdicom's thread).
     space_check: Callable[[int], str | None] | None = None
     space_every: int = 16 * MiB
 
@@ -166,12 +166,18 @@ class PduReader:
         if pdu_type == ASSOCIATE_RQ:
             return check_associate_rq(body)
         if pdu_type == P_DATA_TF:
-            return check_p_data(body) or self._check_space(len(body))
+            fault, dataset_bytes, command_ends = check_p_data(body)
+            if fault is None and command_ends:
+                # pynetdicom opens the dataset's file as soon as a C-STORE command is whole
+                fault = self._no_room(0)
+            if fault is None and dataset_bytes:
+                fault = self._check_space(dataset_bytes)
+            return fault
         return None
 
     def _check_space(self, received: int) -> Cut | None:
-        """On the first P-DATA and then every space_every bytes: pynetdicom writes what
-        arrives to a file in its own thread, where a full or missing spool would crash it."""
+        """On the first dataset fragment and then every space_every bytes of them: pynetdicom
+        writes datasets to a file in its own thread, where a failed write would crash it."""
         check = self._limits.space_check
         if check is None:
             return None
@@ -179,7 +185,11 @@ class PduReader:
         if self._data_received < self._next_space_check:
             return None
         self._next_space_check = self._data_received + self._limits.space_every
-        reason = check(self._limits.space_every)
+        return self._no_room(self._limits.space_every)
+
+    def _no_room(self, incoming: int) -> Cut | None:
+        check = self._limits.space_check
+        reason = check(incoming) if check is not None else None
         if reason is None:
             return None
         return _abort("no_room", f"transfer stopped: {reason}", REASON_NOT_SPECIFIED)
@@ -245,23 +255,30 @@ def check_associate_rq(body: bytearray) -> Cut | None:
     return None
 
 
-def check_p_data(body: bytearray) -> Cut | None:
-    """Each PDV item of a P-DATA-TF: a length that fits, an odd presentation context ID."""
-    offset = 0
+def check_p_data(body: bytearray) -> tuple[Cut | None, int, bool]:
+    """Each PDV item of a P-DATA-TF: a length that fits, an odd presentation context ID.
+    Returns (the fault or None, bytes of dataset fragments it carries, whether a command ends
+    in it)."""
+    offset = dataset_bytes = 0
+    command_ends = False
     while offset < len(body):
         if offset + 6 > len(body):
             return _abort("malformed_pdu", "P-DATA-TF ends inside a PDV item header",
-                          INVALID_PARAMETER)
+                          INVALID_PARAMETER), dataset_bytes, command_ends
         (item_length,) = struct.unpack_from(">L", body, offset)
-        context_id = body[offset + 4]
+        context_id, control = body[offset + 4], body[offset + 5]
         if item_length < 2 or offset + 4 + item_length > len(body):
             return _abort("malformed_pdu", f"PDV item of {item_length} bytes in a P-DATA-TF "
-                          f"of {len(body)}", INVALID_PARAMETER)
+                          f"of {len(body)}", INVALID_PARAMETER), dataset_bytes, command_ends
         if context_id % 2 == 0:
             return _abort("bad_context_id", f"PDV on presentation context ID {context_id}",
-                          INVALID_PARAMETER)
+                          INVALID_PARAMETER), dataset_bytes, command_ends
+        if not control & 0x01:  # PS3.8 E.2: bit 0 clear = a dataset fragment, not a command
+            dataset_bytes += item_length - 2
+        elif control & 0x02:  # the last fragment of a command
+            command_ends = True
         offset += 4 + item_length
-    return None
+    return None, dataset_bytes, command_ends
 
 
 def ae_title_fault(title: bytes) -> str | None:

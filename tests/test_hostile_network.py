@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -161,42 +162,50 @@ def test_a_pdu_longer_than_advertised_is_aborted_within_a_second(start_node, tmp
     assert echo(node.port)
 
 
-def test_stalled_and_trickling_peers_cannot_lock_modalities_out(start_node, tmp_path):
-    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
-    node = start_node([outbox], receive={"read_timeout_s": 3}, **NO_CLASSIFY)
-    assert node.config.receive.max_associations == 32
-    silent, trickling = [], []
-    for index in range(40):  # an A-ASSOCIATE-RQ header promising 1000 bytes, then ...
-        peer = socket.create_connection(("127.0.0.1", node.port))
+@contextlib.contextmanager
+def stalled_peers(port: int, count: int = 40) -> Iterator[list[socket.socket]]:
+    """`count` connections that each send an A-ASSOCIATE-RQ header promising 1000 bytes; then
+    every other one goes silent and the rest trickle a byte a second. Closed on exit."""
+    peers = []
+    for _ in range(count):
+        peer = socket.create_connection(("127.0.0.1", port))
         peer.sendall(HEADER.pack(0x01, 0, 1000))
-        (silent if index % 2 else trickling).append(peer)
+        peers.append(peer)
     stop = threading.Event()
 
-    def trickle() -> None:  # ... one byte per second
+    def trickle() -> None:
         while not stop.wait(1.0):
-            for peer in trickling:
+            for peer in peers[::2]:
                 with contextlib.suppress(OSError):
                     peer.send(b"\0")
 
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
-    started = time.monotonic()
     try:
+        yield peers
+    finally:
+        stop.set()
+        thread.join()
+        for peer in peers:
+            peer.close()
+
+
+def test_stalled_and_trickling_peers_cannot_lock_modalities_out(start_node, tmp_path):
+    outbox = {"name": "outbox", "type": "folder", "path": str(tmp_path / "outbox")}
+    node = start_node([outbox], receive={"read_timeout_s": 3}, **NO_CLASSIFY)
+    assert node.config.receive.max_associations == 32
+    with stalled_peers(node.port) as peers:
+        started = time.monotonic()
         assert echo(node.port), "C-ECHO refused while 40 peers stall"
         image = make_images(tmp_path / "images", 1)[0]
         assert send_files(node.port, image) == [0x0000]
         answered = time.monotonic() - started
         assert answered < 10, answered
-        for peer in silent + trickling:
+        for peer in peers:
             peer.settimeout(10)
             with contextlib.suppress(ConnectionResetError):
                 assert peer.recv(16) == b""
         closed = time.monotonic() - started
-    finally:
-        stop.set()
-        thread.join()
-        for peer in silent + trickling:
-            peer.close()
     print(f"C-ECHO and C-STORE answered {answered:.1f} s into 40 stalled peers; all 40 "
           f"closed after {closed:.1f} s (deadline 3 s)")
     assert closed < 3 + 2
@@ -435,7 +444,7 @@ def test_a_transfer_is_aborted_when_the_spool_runs_short_midway_and_nothing_is_k
     outbox = tmp_path / "outbox"
     node = start_node([{"name": "outbox", "type": "folder", "path": str(outbox)}],
                       disk={"min_free_mb": 100}, **NO_CLASSIFY)
-    free = iter([10**12] + [0] * 1000)  # room when the transfer starts, then the disk fills
+    free = iter([10**12] * 2 + [0] * 1000)  # room when the transfer starts, then the disk fills
     node.receiver.disk_guard.free_bytes = lambda: next(free)
     small = make_images(tmp_path / "images", 1)[0]
     big = large_cr(small, tmp_path / "big.dcm", 4000, 5000)  # 40 MB: checked every 16 MiB
@@ -443,7 +452,7 @@ def test_a_transfer_is_aborted_when_the_spool_runs_short_midway_and_nothing_is_k
     assert node.metrics.connections_cut.labels("no_room")._value.get() == 1
     wait_for(lambda: node.log_store.associations(outcome="aborted"), 10, "abort not logged")
     (row,) = node.log_store.associations(outcome="aborted")
-    assert "transfer stopped: disk low" in row.reason, row.reason
+    assert "transfer stopped: disk full: 0 MB free" in row.reason, row.reason
     node.receiver.disk_guard.free_bytes = lambda: 10**12  # space is back
     assert send_files(node.port, small) == [0x0000]
     wait_for(lambda: len(list(outbox.rglob("*.dcm"))) == 1, 30, "not delivered")
