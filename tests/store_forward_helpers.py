@@ -144,7 +144,9 @@ class NodeProcess:
             if echo(self.port):
                 return self
             time.sleep(0.1)
-        raise TimeoutError(f"node did not answer C-ECHO: {self.log_text()}")
+        text = self.log_text()
+        self.stop()  # the caller never gets this process to stop: stop it here
+        raise TimeoutError(f"node did not answer C-ECHO: {text}")
 
     def log_text(self) -> str:
         logs = sorted(self.workdir.glob("node-*.log"))

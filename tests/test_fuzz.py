@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,21 @@ def _on_alarm(signum, frame):
     raise ExampleTimeout(f"example took over {EXAMPLE_DEADLINE_S} s")
 
 
+def decode_twice_if_late(decoder: Any, path: Path) -> Any:
+    """The decode of `path` (an IsolatedDecoder's uint8 array), given a second try when the
+    first ran past its deadline: a loaded machine (two cores, the rest of the suite) can push one
+    decode past it, where an input that really decodes that slowly does so again, and then
+    raises DecodeTimeout."""
+    from dicomnode.preprocess import PreprocessError
+
+    try:
+        return decoder.preprocess_file(path)
+    except PreprocessError as exc:
+        if "DecodeTimeout" not in type(exc).__name__:
+            raise
+    return decoder.preprocess_file(path)
+
+
 def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> str:
     """The pipeline's per-image path on `data`; returns the outcome or raises on a bug.
 
@@ -106,7 +122,7 @@ def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> st
         else:
             assert scratch is not None
             scratch.write_bytes(data)
-            grey = decoder.preprocess_file(scratch)
+            grey = decode_twice_if_late(decoder, scratch)
     except DecoderCrashed:
         return "decoder-crashed"  # the worker died (C abort, memory cap); the node did not
     except PreprocessError as exc:
