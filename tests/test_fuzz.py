@@ -250,7 +250,8 @@ def run_campaign(seconds: float, seed: int = 0):
     def property_holds(data: bytes) -> None:
         if time.monotonic() > deadline:  # past the campaign's time: finish the round at once
             return
-        signal.alarm(EXAMPLE_DEADLINE_S * 2)  # the parse and tag steps; decode has its own
+        # the parse and tag steps, and the decode with its second try (each has its own limit)
+        signal.alarm(EXAMPLE_DEADLINE_S * 3)
         try:
             outcomes[decode_and_tag(data, decoder, scratch)] += 1
         finally:
