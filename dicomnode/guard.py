@@ -1,11 +1,9 @@
-"""Hostile-input guards for the classify stage: size limits before decoding, and decoding in a
-separate process with a time and memory limit.
+"""Hostile-input guards for the classify stage: decoding in a separate process with a time and
+memory limit, after the header-only checks of dicomnode.pixel_checks.
 
-Two layers, because they protect against different things:
-
-* `check_file` / `check_dataset` read only headers (DICOM elements, codestream SOF/SIZ markers,
-  a counting pass over deflated data) and refuse images whose pixels would expand past
-  `Limits.max_pixel_bytes`. They are cheap and run in the node's own process.
+* `check_file` / `check_dataset` (pixel_checks, re-exported here) read only headers and refuse
+  images whose pixels would expand past `Limits.max_pixel_bytes` or whose codestream would send
+  a parser into a loop. They are cheap and run in the node's own process.
 * `IsolatedDecoder` runs read + guard + `preprocess_dataset` in a long-lived child process. A C
   decoder stuck in a loop cannot be interrupted from a Python thread, so the only reliable way
   to bound an image's processing time is a process we can kill: on timeout the child is killed
@@ -24,38 +22,25 @@ import logging
 import multiprocessing
 import os
 import threading
-import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
-)
 
+from dicomnode.pixel_checks import (  # noqa: F401  (re-exported: the guard's public checks)
+    GuardError,
+    ImageTooLarge,
+    MalformedCodestream,
+    MiB,
+    check_dataset,
+    check_file,
+    declared_pixel_bytes,
+    int_element,
+)
 from dicomnode.preprocess import PreprocessError
 
 LOGGER = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
-# What a deflated dataset may hold besides pixels (overlays, private blobs, icons).
-NON_PIXEL_ALLOWANCE = 16 * MiB
-_CODESTREAM_SYNTAXES = frozenset(
-    [*JPEG2000TransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes]
-)
-
-
-class GuardError(PreprocessError):
-    """The image was refused or abandoned by a guard (it is logged unreadable, then forwarded)."""
-
-
-class ImageTooLarge(GuardError):
-    """Declared or codestream-declared pixel size exceeds Limits.max_pixel_bytes."""
 
 
 class DecodeTimeout(GuardError):
@@ -80,161 +65,31 @@ class Limits:
     # Address-space cap of the decode worker; None disables it. Virtual size, not resident:
     # numpy/OpenBLAS and the decoders map a few hundred MiB before touching any pixel.
     worker_memory_bytes: int | None = 4096 * MiB
+    # The most a decode may hold a classify worker; past it the image moves to the slow lane,
+    # which gives it the whole deadline above (dicomnode.pipeline). None: no slow lane.
+    patience_s: float | None = 3.0
+    # Images declaring more megapixels than this go to the slow lane without trying: the largest
+    # radiograph (43 x 43 cm at 100 um) is 18.5 MP, and a 16384 x 16384 film takes ~8 s here.
+    slow_lane_mpixel: float = 40.0
 
+    def declared_mpixel(self, ds: Dataset | None) -> float | None:
+        """rows x columns x frames / 1e6 as the dataset declares it; None when not readable."""
+        if ds is None:
+            return None
+        try:
+            pixels = int_element(ds, "Rows", 0) * int_element(ds, "Columns", 0) * (
+                int_element(ds, "NumberOfFrames", 1) or 1)
+        except GuardError:
+            return None
+        return max(pixels, 0) / 1e6
 
     def deadline_s(self, ds: Dataset | None) -> float:
         """Seconds the decode of this dataset may take: min_timeout_s + timeout_per_mpixel_s per
         declared megapixel (rows x columns x frames), at most timeout_s."""
-        if ds is None:
+        megapixels = self.declared_mpixel(ds)
+        if megapixels is None:
             return self.timeout_s
-        try:
-            pixels = _int(ds, "Rows", 0) * _int(ds, "Columns", 0) * (
-                _int(ds, "NumberOfFrames", 1) or 1)
-        except GuardError:
-            return self.timeout_s
-        megapixels = max(pixels, 0) / 1e6
         return min(self.timeout_s, self.min_timeout_s + self.timeout_per_mpixel_s * megapixels)
-
-
-# --- header-only checks -----------------------------------------------------------------------
-
-
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    try:
-        value = ds.get(keyword, default)
-        return int(value if value not in (None, "") else default)
-    except (TypeError, ValueError) as exc:
-        raw = ds.get_item(keyword) if keyword in ds else None
-        shown = raw.value if raw is not None else None
-        raise GuardError(f"{keyword} is not a number: {shown!r}") from exc
-
-
-def declared_pixel_bytes(ds: Dataset) -> int:
-    """rows x columns x frames x samples x bits allocated / 8, from the dataset's elements."""
-    rows = _int(ds, "Rows", 0)
-    columns = _int(ds, "Columns", 0)
-    frames = _int(ds, "NumberOfFrames", 1) or 1
-    samples = _int(ds, "SamplesPerPixel", 1) or 1
-    bits = _int(ds, "BitsAllocated", 8) or 8
-    if min(rows, columns, frames, samples, bits) < 0:
-        raise GuardError(f"negative image dimension: {rows}x{columns}x{frames}x{samples}x{bits}")
-    return rows * columns * frames * samples * ((bits + 7) // 8)
-
-
-def _codestream_pixel_bytes(codestream: bytes, syntax: str) -> int | None:
-    """Bytes one compressed frame decodes to, per its own header; None when not readable.
-
-    The decoder allocates what the codestream says, not what Rows/Columns say, so a small
-    dataset header over a 65535x65535 codestream is the decompression bomb this catches.
-    """
-    if syntax in JPEG2000TransferSyntaxes:
-        from openjpeg import get_parameters  # header only (opj_read_header)
-
-        try:
-            info = get_parameters(codestream)
-        except Exception:
-            return None
-        rows, columns = info["rows"], info["columns"]
-        samples, precision = info["samples_per_pixel"], info["precision"]
-    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
-        from pydicom.pixels.utils import _get_jpg_parameters  # SOF/SOF55 marker, no decode
-
-        info = _get_jpg_parameters(codestream)
-        if not info:
-            return None
-        rows, columns = info["height"], info["width"]
-        samples, precision = info["components"], info["precision"]
-    else:
-        return None  # RLE and native: decoders size their output from Rows/Columns
-    return rows * columns * samples * ((precision + 7) // 8)
-
-
-def check_dataset(ds: Dataset, limits: Limits) -> None:
-    """Raise ImageTooLarge when decoding `ds` would expand past the limit."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        return
-    declared = declared_pixel_bytes(ds)
-    if declared > limits.max_pixel_bytes:
-        raise ImageTooLarge(
-            f"declared pixel data {declared / MiB:.0f} MiB exceeds the "
-            f"{limits.max_pixel_bytes / MiB:.0f} MiB limit"
-        )
-    file_meta = getattr(ds, "file_meta", None)
-    syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
-    if syntax not in _CODESTREAM_SYNTAXES or "PixelData" not in ds:
-        return
-    frames = _int(ds, "NumberOfFrames", 1) or 1
-    expanded = 0
-    try:
-        for codestream in generate_frames(ds.PixelData, number_of_frames=frames):
-            frame_bytes = _codestream_pixel_bytes(codestream, syntax)
-            expanded += frame_bytes or 0
-            if expanded > limits.max_pixel_bytes:
-                raise ImageTooLarge(
-                    f"compressed pixel data would expand past the "
-                    f"{limits.max_pixel_bytes / MiB:.0f} MiB limit (codestream headers declare "
-                    f"more than the dataset's {declared / MiB:.1f} MiB)"
-                )
-    except GuardError:
-        raise
-    except Exception:  # malformed encapsulation: the decoder reports it with a clearer message
-        return
-
-
-def check_file(path: str | Path, limits: Limits, transfer_syntax: str | None = None) -> None:
-    """File-level checks before a full read: a deflated dataset is inflated once, counting and
-    discarding the output, so a zip bomb is refused before pydicom inflates it into memory.
-    `transfer_syntax`, when the caller knows it (the spool records it), saves reading the meta."""
-    import pydicom
-
-    path = Path(path)
-    syntax = transfer_syntax
-    if syntax is None:
-        try:
-            meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[(0x0002, 0x0010)])
-            syntax = str(meta.file_meta.get("TransferSyntaxUID", ""))
-        except Exception:
-            return  # not readable as DICOM here; the full read reports the error
-    if syntax != DeflatedExplicitVRLittleEndian:
-        return
-    # The deflated stream starts after the file meta group; its length is in the group header.
-    with path.open("rb") as handle:
-        data = handle.read()
-    start = _end_of_file_meta(data)
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    budget = limits.max_pixel_bytes + NON_PIXEL_ALLOWANCE
-    produced = 0
-    chunk = 1 * MiB
-    pending = data[start:]
-    try:
-        # max_length keeps each step to one chunk of output; stop at the budget or when the
-        # stream yields nothing more.
-        while produced <= budget:
-            out = inflater.decompress(pending, chunk)
-            produced += len(out)
-            pending = inflater.unconsumed_tail
-            if not out:
-                break
-    except zlib.error:
-        return  # corrupt: pydicom's own read raises the error the log should show
-    if produced > budget:
-        raise ImageTooLarge(f"deflated dataset inflates past {budget / MiB:.0f} MiB (zip bomb?)")
-
-
-def _end_of_file_meta(data: bytes) -> int:
-    """Offset just after the file meta group (preamble + DICM + group 0002)."""
-    offset = 132
-    if data[128:132] != b"DICM":
-        return 0
-    while data[offset : offset + 2] == b"\x02\x00":
-        vr = data[offset + 4 : offset + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length = int.from_bytes(data[offset + 8 : offset + 12], "little")
-            offset += 12 + length
-        else:
-            length = int.from_bytes(data[offset + 6 : offset + 8], "little")
-            offset += 8 + length
-    return offset
 
 
 # --- the isolated decoder ---------------------------------------------------------------------
@@ -334,7 +189,8 @@ WORKER_START_TIMEOUT_S = 120.0  # a cold start on a Jetson SD card imports slowl
 
 _ERRORS = {
     cls.__name__: cls
-    for cls in (PreprocessError, GuardError, ImageTooLarge, DecodeTimeout, DecoderCrashed)
+    for cls in (PreprocessError, GuardError, ImageTooLarge, MalformedCodestream, DecodeTimeout,
+                DecoderCrashed)
 }
 
 

@@ -76,6 +76,11 @@ class GuardConfig(_Strict):
     # false: decode in the worker thread (no time limit; a decoder abort kills the node).
     isolate: bool = True
     worker_memory_mib: float | None = Field(4096, gt=0)
+    # The most one decode may hold the classify queue: a film that needs longer is retried in
+    # the slow lane with its full deadline, so the films behind it go on. null: no slow lane.
+    patience_s: float | None = Field(3.0, gt=0)
+    # Images declaring more than this go to the slow lane at once (no patience spent on them).
+    slow_lane_mpixel: float = Field(40.0, gt=0)
 
     def limits(self) -> Limits:
         from dicomnode.guard import Limits
@@ -87,6 +92,8 @@ class GuardConfig(_Strict):
             min_timeout_s=self.min_timeout_s,
             timeout_per_mpixel_s=self.timeout_per_mpixel_s,
             worker_memory_bytes=memory,
+            patience_s=self.patience_s,
+            slow_lane_mpixel=self.slow_lane_mpixel,
         )
 
 

@@ -142,7 +142,9 @@ class NodeMetrics:
             "dicomnode_connections_cut",
             "Connections the node closed for what they sent or did not send, by reason (deadline, "
             "oversize, unknown_pdu, unexpected_pdu, malformed_pdu, bad_ae_title, bad_context_id, "
-            "too_many_pending, no_room: the spool had no room (or no tmp/) for the transfer)",
+            "too_many_pending, no_room: the spool had no room (or no tmp/) for the transfer, "
+            "closed_before_request: closed by its peer before the accept loop reached it, "
+            "tls_handshake: a TLS handshake that failed)",
             ["reason"],
             registry=self.registry,
         )

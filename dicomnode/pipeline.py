@@ -1,19 +1,14 @@
-"""Pipeline: the worker threads that take spooled instances in arrival order and run
-classify -> tag -> log -> route, then hand the result to the forwarders.
+"""Pipeline: classify -> tag -> log -> route for one spooled instance, then the hand-off to the
+forwarders. Which worker runs it, and when, is dicomnode.lanes.
 
-Two lanes: instances the node may classify (CR, DX) queue for the classify workers, each owning
-one warmed ViewClassifier (LiteRT interpreters are not thread-safe); every other instance (CT,
-MR, SR, ...) takes the pass-through lane, one worker that only reads the header, logs and
-routes, so it never waits behind inference (`classify.pass_through_lane`).
+A classify worker gives each decode at most `guard.patience_s`: past it, `process` hands the image
+to the slow lane (OutlastedPatience), which runs it again with its full size-scaled deadline.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -27,17 +22,23 @@ from dicomnode import route as routing
 from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
-from dicomnode.guard import IsolatedDecoder, Limits, check_file, preprocess_guarded
+from dicomnode.guard import DecodeTimeout, IsolatedDecoder, Limits, check_file, preprocess_guarded
 from dicomnode.identity import set_implementation
-from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form
+from dicomnode.lanes import Lanes
+from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form, record_prediction
 from dicomnode.preprocess import PreprocessError
 from dicomnode.series_views import SeriesViews
-from dicomnode.spool import INCOMING, PROCESSING, Spool, write_atomic
+from dicomnode.spool import PROCESSING, Spool, write_atomic
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 DEFER_SIZE = 64 * 1024  # bytes; values larger than this are read from the file on access
+
+
+class OutlastedPatience(Exception):
+    """A classify-lane decode ran past guard.patience_s, or the image declares more than
+    guard.slow_lane_mpixel: it moves to the slow lane."""
 
 
 class InstanceLog(Protocol):
@@ -81,120 +82,40 @@ class Pipeline:
         self.instance_log = instance_log
         self.on_dispatched = on_dispatched
         self.classifier_factory = classifier_factory
-        self._queue: queue.Queue[Any] = queue.Queue()  # the classify lane
-        self._pass_through: queue.Queue[Any] = queue.Queue()  # never classified: no AI wait
-        self._workers: list[threading.Thread] = []
-        self._busy = 0
-        self._busy_lock = threading.Lock()
         self.model_sha256: str | None = None  # of the loaded model, once started
         # Hostile-input limits: the `guard:` config section (security), defaults until it exists.
         guard = getattr(config, "guard", None)
         self.limits = guard.limits() if guard is not None else Limits()
         self.isolate_decode = bool(getattr(guard, "isolate", True))
-        self._decoders: list[IsolatedDecoder] = []
-        self._stopping = threading.Event()
         self.series_views = SeriesViews()
+        self.lanes = Lanes(self)  # the worker threads that call process()
 
     @property
     def classifies(self) -> bool:
         return bool(self.config.classify.modalities)
 
-    def lane_of(self, sop_class_uid: str | None) -> queue.Queue[Any]:
-        """The pass-through lane for instances the node will not classify, by SOP class (known
-        from the C-STORE request, before any parsing); the classify lane for the rest."""
-        if (self.config.classify.pass_through_lane and sop_class_uid
-                and (not self.classifies or tag.not_taggable(sop_class_uid) is not None)):
-            return self._pass_through
-        return self._queue
-
     def start(self) -> None:
-        """Load and warm one classifier (and decode process) per worker, then resume the spool."""
-        workers: list[tuple[ViewClassifier | None, IsolatedDecoder | None]] = []
-        for _ in range(self.config.classify.workers):
-            classifier = decoder = None
-            if self.classifies and self.classifier_factory is not None:
-                classifier = self.classifier_factory()
-                if self.isolate_decode:
-                    decoder = IsolatedDecoder(self.limits, nice=self.config.classify.nice)
-                    decoder.start()  # spawn now: the first image must not pay for it
-                    self._decoders.append(decoder)
-            workers.append((classifier, decoder))
-        loaded = [c for c, _ in workers if c is not None]
-        self.model_sha256 = loaded[0].sha256 if loaded else None
-        resumed = self.spool.resume()
-        for name in self.spool.names(INCOMING):
-            self.submit(self.spool.dir(INCOMING) / f"{name}.dcm")
-        if resumed:
-            log.info("resumed %d instances left in processing/", resumed)
-        for index, (classifier, decoder) in enumerate(workers):
-            worker = threading.Thread(
-                target=self._work, args=(classifier, decoder), name=f"classify-{index}", daemon=True
-            )
-            worker.start()
-            self._workers.append(worker)
-        if self.config.classify.pass_through_lane:
-            worker = threading.Thread(target=self._work, args=(None, None, self._pass_through),
-                                      name="pass-through", daemon=True)  # fmt: skip
-            worker.start()
-            self._workers.append(worker)
+        self.lanes.start()
 
     def submit(self, path: Path, sop_class_uid: str | None = None) -> None:
-        """Queue a spooled instance in its lane; the receiver passes the SOP class it has, others
-        (the drop folder, the start-up scan) let it be read from the sidecar."""
-        if sop_class_uid is None:
-            sop_class_uid = self.spool.read_meta(path).get("sop_class_uid")
-        self.lane_of(sop_class_uid).put(path.stem)
+        self.lanes.submit(path, sop_class_uid)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the image in hand, not the backlog: what is queued stays in incoming/ and is
-        resumed by the next start, so SIGTERM with a thousand images waiting is still quick."""
-        self._stopping.set()
-        for _ in self._workers:
-            self._queue.put(_STOP)
-            self._pass_through.put(_STOP)
-        for worker in self._workers:
-            worker.join(timeout)
-        self._workers.clear()
-        for decoder in self._decoders:
-            decoder.close()
-        self._decoders.clear()
+        self.lanes.stop(timeout)
 
     def idle(self) -> bool:
-        with self._busy_lock:
-            busy = self._busy
-        return (busy == 0 and self._queue.empty() and self._pass_through.empty()
-                and not self.spool.names(INCOMING))
-
-    def _work(self, classifier: ViewClassifier | None, decoder: IsolatedDecoder | None,
-              lane: queue.Queue[Any] | None = None) -> None:
-        if lane is None:  # the classify lane: below receiving and forwarding in CPU priority
-            lower_thread_priority(self.config.classify.nice)
-        lane = self._queue if lane is None else lane
-        while True:
-            name = lane.get()
-            if name is _STOP or self._stopping.is_set():
-                return
-            with self._busy_lock:
-                self._busy += 1
-            try:
-                self.process(name, classifier, decoder)
-            except Exception as exc:  # a bug must not stop the worker or lose the instance
-                log.exception("pipeline failed on %s", name)
-                meta = self.spool.read_meta(self.spool.dir(PROCESSING) / f"{name}.dcm")
-                try:
-                    self.spool.fail_processing(name, f"{type(exc).__name__}: {exc}", meta)
-                except OSError:
-                    log.exception("could not move %s to failed/", name)
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
+        return self.lanes.idle()
 
     def process(
         self,
         name: str,
         classifier: ViewClassifier | None,
         decoder: IsolatedDecoder | None = None,
+        patience: float | None = None,
+        slow_lane: bool = False,
     ) -> InstanceLogEntry | None:
+        """classify -> tag -> log -> route one spooled instance; None when another worker has
+        it, or when its decode outlasted `patience` and it went to the slow lane."""
         path = self.spool.claim(name)
         if path is None:  # another worker has it, or it was queued twice
             return None
@@ -232,7 +153,15 @@ class Pipeline:
         if ds is not None and (entry.modality or "").upper() in self._modalities():
             not_taggable = tag.not_taggable(entry.sop_class_uid or _text(ds, "SOPClassUID"))
             if not_taggable is None:
-                payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder, meta)
+                try:
+                    payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder,
+                                                     meta, patience)  # fmt: skip
+                except OutlastedPatience:
+                    self.lanes.to_slow_lane(name)
+                    return None
+                if slow_lane:
+                    entry.decision_reason = "; ".join(filter(None, (
+                        entry.decision_reason, "decoded in the slow lane")))
             else:  # forwarded untouched: this IOD has no ViewPosition with these terms
                 entry.action, entry.decision_reason = "skipped", not_taggable
         series_note = self.series_views.note(
@@ -281,15 +210,33 @@ class Pipeline:
         classifier: ViewClassifier | None,
         decoder: IsolatedDecoder | None,
         meta: dict[str, Any],
+        patience: float | None = None,
     ) -> Path:
-        """Returns the file to forward: the received one, or a tagged copy in processing/."""
+        """Returns the file to forward: the received one, or a tagged copy in processing/.
+        Raises OutlastedPatience when the decode needs longer than `patience` (and its own
+        deadline is longer still): the slow lane retries it with that deadline."""
         if classifier is None:
             entry.action, entry.error = "skipped", "no classifier loaded"
             return path
+        deadline = self.limits.deadline_s(ds)
+        impatient = patience is not None and decoder is not None and patience < deadline
+        megapixels = self.limits.declared_mpixel(ds) or 0.0
+        if impatient and megapixels > self.limits.slow_lane_mpixel:
+            log.info("%s declares %.0f megapixels (over guard.slow_lane_mpixel): decoding it in "
+                     "the slow lane", entry.sop_instance_uid, megapixels)  # fmt: skip
+            raise OutlastedPatience
         try:
             # Guarded decode: size limits from the header, and (isolated) a killable process.
-            grey = (decoder.preprocess_file(path, self.limits.deadline_s(ds)) if decoder
+            grey = (decoder.preprocess_file(path, patience if impatient else deadline) if decoder
                     else preprocess_guarded(ds, self.limits))
+        except DecodeTimeout as exc:
+            if impatient:
+                log.warning("decoding %s outlasted guard.patience_s (%g s): retrying it in the "
+                            "slow lane with its %g s deadline", entry.sop_instance_uid, patience,
+                            deadline)  # fmt: skip
+                raise OutlastedPatience from exc
+            entry.action, entry.error = "unreadable", str(exc)
+            return path
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
             return path
@@ -301,10 +248,18 @@ class Pipeline:
         entry.decision_reason = decision.reason
         if not decision.writes:
             return path
-        tag.apply(
-            ds, decision, prediction, classifier.sha256, self.config.tag,
-            source_of_previous_values=str(meta.get("calling_ae", "")),
-        )  # fmt: skip
+        try:
+            # reads elements the decode never touched (SOP Class, the coercion sequences): one
+            # that pydicom cannot convert (a mangled VR) must forward the file untouched, not
+            # park it in failed/ as a node bug (found by the decode fuzz campaign)
+            tag.apply(
+                ds, decision, prediction, classifier.sha256, self.config.tag,
+                source_of_previous_values=str(meta.get("calling_ae", "")),
+            )  # fmt: skip
+        except Exception as exc:
+            entry.action = "unreadable"
+            entry.error = f"cannot tag the dataset: {type(exc).__name__}: {exc}"
+            return path
         try:
             buffer = io.BytesIO()
             set_implementation(ds.file_meta)  # the node wrote this file (PS3.10 7.1)
@@ -330,30 +285,6 @@ def log_image_line(entry: InstanceLogEntry, decision: routing.RoutingDecision) -
     log.log(level, "%s from %s: %s%s -> %s (%.0f ms)", entry.sop_instance_uid, entry.calling_ae,
             entry.action, f" {entry.view_position_after}" if entry.view_position_after else "",
             where, entry.processing_ms or 0.0)
-
-
-def record_prediction(entry: InstanceLogEntry, prediction: Prediction, sha256: str) -> None:
-    """The model's output as the log keeps it: every class probability and the thresholds."""
-    entry.label = prediction.label
-    entry.probability_ap = prediction.probabilities.get("AP")
-    entry.probability_pa = prediction.probabilities.get("PA")
-    entry.probability_la = prediction.probabilities.get("LAT")
-    entry.probability_other = prediction.probabilities.get("OTHER")
-    entry.confidence = prediction.confidence
-    entry.model_sha256 = sha256
-    entry.inference_ms = prediction.inference_ms
-    entry.thresholds = {"source": prediction.threshold_source, **(prediction.thresholds or {})}
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Raise this thread's niceness (Linux: a thread id is a valid PRIO_PROCESS target)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-    except OSError as exc:  # not permitted in some sandboxes: run at normal priority
-        log.warning("could not lower the classify worker's priority: %s", exc)
 
 
 def _view_position(ds: Dataset) -> str | None:

@@ -37,12 +37,21 @@ from dicomnode.receive_files import ReceivedDataset, ReceiveToFiles, file_header
 from dicomnode.repeat_limiter import RepeatLimiter, held_note
 from dicomnode.spool import TMP, Spool
 from dicomnode.store_checks import Refusal, check_store
-from dicomnode.wire_guard import ANSWER_TEXT, Cut, PduReader, WireLimits
+from dicomnode.wire_guard import (
+    ANSWER_TEXT,
+    Cut,
+    PduReader,
+    WireLimits,
+    accept_deferring_tls_handshake,
+    closed_by_peer,
+    tls_handshake,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+TLS_HANDSHAKE_S = 10.0  # when receive.read_timeout_s is 0 (no read deadline): still bounded
 MiB = 1024 * 1024
 
 
@@ -157,6 +166,8 @@ class Receiver:
         # here: ~100 ms of CPU under the GIL, which capped the accept rate at ~7 connections/s);
         # negotiation only reads them, so every association can share one list.
         self._server.contexts = SharedContexts(self._server.contexts)
+        self._server.verify_request = self._worth_an_association  # socketserver's hook
+        self._server.get_request = accept_deferring_tls_handshake(self._server)
         # socketserver listens with a backlog of 5: a burst of connects (a scanner, many
         # modalities at once) overflowed it, and each dropped SYN cost its sender a second
         with contextlib.suppress(OSError):
@@ -191,9 +202,10 @@ class Receiver:
             self._to_files = None
 
     def _on_connection(self, event: evt.Event) -> None:
-        """TCP_NODELAY; a connection over max_pending_connections closed at once; every PDU read
-        whole within the deadline and checked (dicomnode.wire_guard); idle polling slowed
-        (dicomnode.idle_polling)."""
+        """TCP_NODELAY; the TLS handshake, within read_timeout_s (in this connection's thread,
+        not the accept loop); a connection over max_pending_connections closed at once; every
+        PDU read whole within the deadline and checked (dicomnode.wire_guard); idle polling
+        slowed (dicomnode.idle_polling)."""
         set_tcp_nodelay(event)
         assoc_socket = event.assoc.dul.socket
         sock = assoc_socket.socket if assoc_socket else None
@@ -201,12 +213,14 @@ class Receiver:
             return
         pending = [a for a in self.ae.active_associations
                    if a.is_acceptor and not a.is_established and a is not event.assoc]
-        if len(pending) >= self.config.max_pending_connections:
+        problem = tls_handshake(sock, self.config.read_timeout_s or TLS_HANDSHAKE_S)
+        if problem is None and len(pending) >= self.config.max_pending_connections:
+            problem = Cut("too_many_pending", f"{len(pending)} connections already waiting to "
+                          "associate (receive.max_pending_connections)", None)
+        if problem is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            self._connection_cut(event.assoc, Cut(
-                "too_many_pending", f"{len(pending)} connections already waiting to associate "
-                "(receive.max_pending_connections)", None))
+            self._connection_cut(event.assoc, problem)
             return
         if self.config.read_timeout_s:
             try:  # sends keep a deadline too
@@ -216,6 +230,15 @@ class Receiver:
         assoc = event.assoc
         PduReader(assoc_socket, self._wire_limits, lambda cut: self._connection_cut(assoc, cut))
         make_idle_aware(assoc)  # an idle association polls at 10 Hz, not 1 kHz
+
+    def _worth_an_association(self, connection: Any, address: Any) -> bool:
+        """socketserver's verify_request, in the accept loop: a connection its peer has already
+        closed is dropped there (counted, not logged: a health check is not an attack)."""
+        if not closed_by_peer(connection):
+            return True
+        if self.metrics is not None:
+            self.metrics.connection_cut("closed_before_request")
+        return False
 
     def _within_capacity(self, event: evt.Event) -> None:
         """EVT_REQUESTED: at most max_associations established at once; connections still

@@ -177,6 +177,13 @@ class Spool:
             os.rename(src / f"{name}.json", dst / f"{name}.json")
         return dst / f"{name}.dcm"
 
+    def unclaim(self, name: str) -> None:
+        """processing/ -> incoming/: the image waits again (for the slow lane), as on disk it is."""
+        for suffix in (".json", ".dcm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.dir(PROCESSING) / f"{name}{suffix}",
+                          self.dir(INCOMING) / f"{name}{suffix}")  # fmt: skip
+
     def resume(self) -> int:
         """Move what a stopped node left in processing/ back to incoming/; returns how many."""
         moved = 0

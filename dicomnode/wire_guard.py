@@ -326,3 +326,70 @@ ANSWER_TEXT = {
     f"reject-{CALLED_AE_NOT_RECOGNISED}":
         "A-ASSOCIATE-RJ (result 1, source 1, reason 7: called AE title not recognised)",
 }
+
+
+def closed_by_peer(connection: Any) -> bool:
+    """True for an accepted connection its peer has already closed or reset (a port scan, a load
+    balancer's connect-and-close health check): the accept loop drops it before pynetdicom
+    starts an association and its two threads for it (~3 ms of CPU each, which under a connect
+    storm queued real modalities behind hundreds of dead connections). Never blocks; a TLS
+    connection is left to the handshake (its bytes cannot be peeked here)."""
+    import select
+    import ssl
+
+    if isinstance(connection, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        if not readable:
+            return False  # open and quiet: the A-ASSOCIATE-RQ has not arrived yet
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True  # reset, or already closed
+
+
+def accept_deferring_tls_handshake(server: Any) -> Callable[[], tuple[Any, Any]]:
+    """A get_request for pynetdicom's AssociationServer that wraps TLS connections without
+    shaking hands: pynetdicom does the handshake in its accept loop, where one peer that
+    connects and sends nothing holds the loop, and every modality with it, for as long as it
+    likes. The handshake happens in the connection's own thread instead (tls_handshake)."""
+
+    def get_request() -> tuple[Any, Any]:
+        connection, address = server.socket.accept()
+        if server.ssl_context:
+            connection = server.ssl_context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    return get_request
+
+
+def tls_handshake(connection: Any, deadline_s: float) -> Cut | None:
+    """Finish the TLS handshake of an accepted connection within deadline_s in all (a timer
+    shuts the socket down at the deadline, so a trickle cannot stretch it); the Cut to report
+    when it fails, None when done or not TLS."""
+    import ssl
+    import threading
+
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(deadline_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.settimeout(deadline_s)
+        connection.do_handshake()
+        return None
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return Cut("deadline", f"TLS handshake not complete within {deadline_s:g} s", None)
+        return Cut("tls_handshake", f"TLS handshake failed: {exc}", None)
+    finally:
+        timer.cancel()

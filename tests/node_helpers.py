@@ -402,3 +402,15 @@ def jpeg_as_dicom(jpeg: Path, target: Path, modality: str = "CR") -> Path:
 # Routing for a node without destinations (receive-side tests): unmatched images are dropped on
 # purpose; without it the node refuses to start (it would acknowledge images into nowhere).
 DISCARD_UNMATCHED = {"default": {"action": "discard"}}
+
+
+def dataset_bytes(encoded_file: bytes) -> bytes:
+    """The bytes after the file meta group: what "forwarded untouched" compares."""
+    import io
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(encoded_file)
+    read_preamble(stream, False)
+    _read_file_meta_info(stream)
+    return stream.read()

@@ -8,8 +8,7 @@ import pydicom
 import pytest
 
 from tests.corpus_run import COMPARED, corpus_files, read_table, run_corpus
-from tests.node_helpers import echoscu, send_files
-from tests.test_node_flow import dataset_bytes
+from tests.node_helpers import dataset_bytes, echoscu, send_files
 
 pytestmark = pytest.mark.slow
 

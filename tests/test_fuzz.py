@@ -133,9 +133,12 @@ def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> st
     prediction = LATERAL  # a certain lateral call: the policy writes or overwrites
     config = TagConfig(on_disagree="overwrite")
     decision = tag.decide(before, prediction, config)
-    tag.apply(ds, decision, prediction, "0" * 64, config, source_of_previous_values="FUZZ")
     if not decision.writes:
         return decision.action
+    try:
+        tag.apply(ds, decision, prediction, "0" * 64, config, source_of_previous_values="FUZZ")
+    except Exception:
+        return "untaggable"  # the pipeline logs it unreadable and forwards the original file
     buffer = io.BytesIO()
     try:
         ds.save_as(buffer)

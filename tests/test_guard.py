@@ -28,12 +28,14 @@ from dicomnode.guard import (
     ImageTooLarge,
     IsolatedDecoder,
     Limits,
+    MalformedCodestream,
     MiB,
     check_dataset,
     check_file,
     declared_pixel_bytes,
 )
 from dicomnode.preprocess import PreprocessError
+from tests.node_helpers import dataset_bytes
 from tests.shared_data import SHARED
 
 CORPUS = SHARED / "dicom" / "corpus" / "files"
@@ -106,6 +108,38 @@ def test_jpeg2000_codestream_dimensions_are_checked():
     ds.Rows = ds.Columns = 8  # a header that understates the codestream (1760 x 1760)
     with pytest.raises(ImageTooLarge, match="expand past"):
         check_dataset(ds, Limits(max_pixel_bytes=1 * MiB))
+
+
+JP2_WRAPPED = CORPUS / "SC-quirk__GDCMJ2K_TextGBR.dcm"  # a JP2 file (boxes), not a raw J2K
+
+
+def _jp2_mutated(how: str) -> Dataset:
+    """The corpus's JP2-wrapped image with its header box (jp2h, before the codestream box)
+    given length 0 (the one-byte insertion the fuzz campaign found hanging pydicom's parser),
+    or the frame cut off two bytes into that box's header (the truncation it found next)."""
+    ds = pydicom.dcmread(JP2_WRAPPED)
+    frame = bytearray(next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
+    header = frame.index(b"jp2h") - 4
+    if how == "zero length":
+        frame[header : header + 4] = (0).to_bytes(4, "big")
+    else:
+        del frame[header + 2 :]
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
+@pytest.mark.parametrize("how", ["zero length", "cut off"])
+def test_a_jp2_box_walk_that_would_loop_pydicom_is_refused_before_decoding(how, tmp_path):
+    check_dataset(pydicom.dcmread(JP2_WRAPPED), Limits())  # the real file passes
+    with pytest.raises(MalformedCodestream, match="has length 0 before the codestream box"):
+        check_dataset(_jp2_mutated(how), Limits())
+    # In the decode worker too: refused at once as unreadable, not killed at a deadline.
+    path = tmp_path / "looping.dcm"
+    _jp2_mutated(how).save_as(path, enforce_file_format=True)
+    with IsolatedDecoder(Limits(timeout_s=20)) as isolated:
+        with pytest.raises(MalformedCodestream):
+            isolated.preprocess_file(path)
+        assert isolated.restarts == 0
 
 
 def test_deflate_bomb_is_refused_before_inflating_it(tmp_path):
@@ -214,15 +248,6 @@ def test_a_decoder_that_aborts_the_process_only_takes_the_worker_down(tmp_path):
 # --- on the node: hostile images are logged unreadable and forwarded untouched -------------------
 
 
-def _dataset_bytes(encoded_file: bytes) -> bytes:
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    stream = io.BytesIO(encoded_file)
-    read_preamble(stream, False)
-    _read_file_meta_info(stream)
-    return stream.read()
-
-
 def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_scp, tmp_path):
     from tests.node_helpers import instance_rows, send_files
 
@@ -258,7 +283,7 @@ def test_node_survives_a_decoder_abort_and_a_deflate_bomb(start_node, recording_
     assert rows[fine_uid].action != "unreadable"  # the node carried on classifying
     for source, uid in ((aborts_path, aborts.SOPInstanceUID), (bomb_path, bomb.SOPInstanceUID)):
         forwarded = recording_scp.by_uid(uid).encoded
-        assert _dataset_bytes(forwarded) == _dataset_bytes(source.read_bytes())  # untouched
+        assert dataset_bytes(forwarded) == dataset_bytes(source.read_bytes())  # untouched
     registry = node.metrics.registry
     assert registry.get_sample_value("dicomnode_images_unreadable_total") == 2
     assert registry.get_sample_value("dicomnode_inference_seconds_count") == 1
@@ -355,7 +380,56 @@ def test_a_decode_past_its_size_scaled_deadline_does_not_hold_the_films_behind_i
     assert "exceeded 0.05 s" in rows[ds.SOPInstanceUID].error
     assert [rows[str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)].action
             for f in small].count("unreadable") == 0  # the films behind it were classified
-    assert _dataset_bytes(recording_scp.by_uid(ds.SOPInstanceUID).encoded) == _dataset_bytes(
+    assert dataset_bytes(recording_scp.by_uid(ds.SOPInstanceUID).encoded) == dataset_bytes(
         slow.read_bytes())  # forwarded untouched
     assert elapsed < 30, f"the films waited {elapsed:.1f} s: the 60 s cap applied"
     print(f"slow film cut off at its deadline; 6 images delivered in {elapsed:.1f} s")
+
+
+def _copies(source: Path, count: int, target: Path, stem: str) -> list[Path]:
+    paths = []
+    for n in range(count):
+        ds = pydicom.dcmread(source)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(target / f"{stem}{n}.dcm")
+        paths.append(target / f"{stem}{n}.dcm")
+    return paths
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@pytest.mark.parametrize("guard, outcome", [
+    ({"min_timeout_s": 60.0, "patience_s": 0.02}, "classified"),
+    ({"min_timeout_s": 0.05, "patience_s": 0.02}, "unreadable"),
+    ({"min_timeout_s": 60.0, "patience_s": 30, "slow_lane_mpixel": 1}, "classified"),
+], ids=["past-patience", "past-patience-then-deadline", "declared-size"])
+def test_a_slow_decode_moves_to_the_slow_lane_and_the_films_behind_it_go_on(
+        start_node, recording_scp, tmp_path, guard, outcome):
+    """The 1955 x 1841 J2K film goes to the slow lane: its decode outlasts a tiny
+    guard.patience_s (0.02 s; it needs >= 80 ms here, as a slow hostile codestream needs more
+    than the real 3 s), or it declares more than guard.slow_lane_mpixel (1 MP here; 40 by
+    default) and goes there without trying. There it gets its whole deadline and is classified
+    (60 s), or is cut off at that deadline and logged unreadable (0.05 s). Either way the five
+    16 x 16 films sent after it are classified."""
+    from tests.node_helpers import instance_rows, send_files
+
+    [slow] = _copies(CORPUS / "CR__RG1_J2KR.dcm", 1, tmp_path, "slow")
+    films = _copies(CORPUS / "CR__77654033_CR2_6247.dcm", 5, tmp_path, "film")
+    node = start_node([recording_scp.destination()],
+                      guard={"timeout_s": 60, "timeout_per_mpixel_s": 0, **guard})
+    assert send_files(node.port, slow, *films) == [0] * 6
+    recording_scp.wait_for(6, timeout=60)
+    assert node.wait_idle(60)
+    rows = {row.sop_instance_uid: row for row in instance_rows(node)}
+    slow_row = rows[_uid(slow)]
+    assert "decoded in the slow lane" in (slow_row.decision_reason or "")
+    if outcome == "classified":
+        assert slow_row.action != "unreadable" and slow_row.label, slow_row.error
+    else:
+        assert slow_row.action == "unreadable" and "exceeded 0.05 s" in slow_row.error
+        assert dataset_bytes(recording_scp.by_uid(_uid(slow)).encoded) == dataset_bytes(
+            slow.read_bytes())  # forwarded untouched
+    assert [rows[_uid(f)].action for f in films].count("unreadable") == 0
+    assert not list((node.spool.dir("incoming")).glob("*.dcm"))  # nothing left waiting

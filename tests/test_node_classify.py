@@ -191,3 +191,33 @@ def test_in_process_decode_and_overwrite_policy(start_node, recording_scp, tmp_p
         assert rows[1].action in ("disagrees", "uncertain") and ds.ViewPosition == "LL"
     assert rows[1].view_position_before == "LL"
     assert ds.PixelData == contradicting.PixelData
+
+
+def test_a_dataset_the_tag_stage_cannot_read_is_forwarded_untouched(start_node, recording_scp,
+                                                                     tmp_path: Path):
+    """A film the model is sure of whose SOP Class UID element carries a VR pydicom does not
+    know ('TI': what the decode fuzz campaign made of 'UI'): the pixels decode, the coercion
+    record cannot be written. Logged unreadable with the reason and forwarded as received, not
+    parked in failed/ as a node bug."""
+    from tests.node_helpers import dataset_bytes, send_files
+
+    candidates = [without_view_position(RG1_J2KR, tmp_path / "rg1.dcm"),
+                  jpeg_as_dicom(LATERAL_JPEG, tmp_path / "lateral.dcm")]
+    writes = [c for c, line in zip(candidates, classify_lines(*candidates), strict=True)
+              if line["would_write"]]  # fmt: skip
+    assert writes, "the shipped model writes on none of the reference films"
+    raw = bytearray(writes[0].read_bytes())
+    at = raw.index(b"\x08\x00\x16\x00UI")  # (0008,0016) SOP Class UID, explicit VR
+    raw[at + 4 : at + 6] = b"TI"
+    mangled = tmp_path / "mangled.dcm"
+    mangled.write_bytes(bytes(raw))
+    node = start_node([recording_scp.destination()])
+    assert send_files(node.port, mangled) == [0x0000]
+    recording_scp.wait_for(1)
+    assert node.wait_idle(60)
+    [row] = instance_rows(node)
+    assert row.action == "unreadable" and "cannot tag the dataset" in row.error, row.error
+    assert "Unknown Value Representation 'TI'" in row.error
+    [received] = recording_scp.received
+    assert dataset_bytes(received.encoded) == dataset_bytes(bytes(raw))  # as sent
+    assert not list((node.spool.root / "failed").rglob("*.dcm"))

@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLo
 from tests.node_helpers import (
     DISCARD_UNMATCHED,
     RecordingSCP,
+    dataset_bytes,
     echoscu,
     forward_rows,
     instance_rows,
@@ -24,18 +25,6 @@ NO_CLASSIFY = {"classify": {"modalities": []}}
 CT_SMALL = CORPUS_DIR / "files" / "CT__CT_small.dcm"
 CT_693 = CORPUS_DIR / "files" / "CT__693_UNCR.dcm"
 MR_JLS = CORPUS_DIR / "files" / "MR__MR_small_jpeg_ls_lossless.dcm"
-
-
-def dataset_bytes(encoded_file: bytes) -> bytes:
-    """The dataset part of a DICOM file (after preamble and file meta)."""
-    from io import BytesIO
-
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    stream = BytesIO(encoded_file)
-    read_preamble(stream, False)
-    _read_file_meta_info(stream)
-    return stream.read()
 
 
 def test_echo_and_store_forward_untouched(start_node, recording_scp, tmp_path: Path, shared):

@@ -7,7 +7,7 @@ import threading
 
 from dicomnode.config import ClassifyConfig
 from dicomnode.guard import IsolatedDecoder, Limits
-from dicomnode.pipeline import lower_thread_priority
+from dicomnode.lanes import lower_thread_priority
 
 
 def _priority_of(tid_or_pid: int) -> int:

@@ -10,6 +10,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -464,3 +466,40 @@ def test_config_errors_in_security_sections_name_key_and_line():
         parse_config("receive:\n  tls:\n    certfile: x.pem\n")
     with pytest.raises(ConfigError, match=r"metrics\.port"):
         parse_config("metrics:\n  enabled: true\n  port: 70000\n")
+
+
+def test_a_tls_peer_that_never_finishes_its_handshake_locks_no_modality_out(start_node, pki):
+    """pynetdicom does the TLS handshake in its accept loop: a peer that connects and says
+    nothing (or sends half a ClientHello) would hold that loop, and every modality with it."""
+    tls = {"certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"),
+           "ca_certificates": str(pki / "ca.pem")}
+    node = start_node([], routing=DISCARD_UNMATCHED, classify={"modalities": []},
+                      receive={"tls": tls, "read_timeout_s": 2})
+    silent = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(3)]
+    half_hello = socket.create_connection(("127.0.0.1", node.port))
+    half_hello.sendall(b"\x16\x03\x01\x02\x00\x01")  # a TLS record header, then nothing
+    identified = client_ssl_context(TLSSettings(
+        certificate=pki / "client.pem", private_key=pki / "client.key",
+        ca_certificates=pki / "ca.pem"))
+    answered: list[int] = []
+
+    def echo_over_tls() -> None:
+        assoc = _associate(node.port, tls_args=(identified, None))
+        if assoc.is_established:
+            answered.append(int(assoc.send_c_echo().Status))
+            assoc.release()
+
+    try:
+        started = time.monotonic()
+        modality = threading.Thread(target=echo_over_tls, daemon=True)
+        modality.start()
+        modality.join(15)  # without the fix it hangs for as long as the silent peers stay
+        assert not modality.is_alive(), "the stalled handshakes held the accept loop"
+        assert answered == [0x0000]
+        assert time.monotonic() - started < 5
+        for sock in [*silent, half_hello]:  # the handshake deadline closed them
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in [*silent, half_hello]:
+            sock.close()

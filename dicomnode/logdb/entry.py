@@ -6,6 +6,10 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dicomnode.classify import Prediction
 
 # The action the tag stage took, one per instance.
 ACTIONS = ("written", "agrees", "disagrees", "overwritten", "uncertain", "skipped", "unreadable")
@@ -68,3 +72,16 @@ def patient_id_in_configured_form(patient_id: str | None, form: str, salt: str =
         return patient_id
     # Keyed hash: without the salt an auditor's list of IDs cannot be matched by brute force.
     return hmac.new(salt.encode(), patient_id.encode(), hashlib.sha256).hexdigest()
+
+
+def record_prediction(entry: InstanceLogEntry, prediction: Prediction, sha256: str) -> None:
+    """The model's output as the log keeps it: every class probability and the thresholds."""
+    entry.label = prediction.label
+    entry.probability_ap = prediction.probabilities.get("AP")
+    entry.probability_pa = prediction.probabilities.get("PA")
+    entry.probability_la = prediction.probabilities.get("LAT")
+    entry.probability_other = prediction.probabilities.get("OTHER")
+    entry.confidence = prediction.confidence
+    entry.model_sha256 = sha256
+    entry.inference_ms = prediction.inference_ms
+    entry.thresholds = {"source": prediction.threshold_source, **(prediction.thresholds or {})}
