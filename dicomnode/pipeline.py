@@ -32,7 +32,6 @@ from dicomnode.spool import PROCESSING, Spool, write_atomic
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 DEFER_SIZE = 64 * 1024  # bytes; values larger than this are read from the file on access
 
 

@@ -47,7 +47,6 @@ class MalformedCodestream(GuardError):
     """The compressed frame's structure is broken in a way a decoder or parser cannot survive."""
 
 
-
 def int_element(ds: Dataset, keyword: str, default: int) -> int:
     try:
         value = ds.get(keyword, default)

@@ -213,10 +213,11 @@ class Receiver:
             return
         pending = [a for a in self.ae.active_associations
                    if a.is_acceptor and not a.is_established and a is not event.assoc]
-        problem = tls_handshake(sock, self.config.read_timeout_s or TLS_HANDSHAKE_S)
-        if problem is None and len(pending) >= self.config.max_pending_connections:
+        if len(pending) >= self.config.max_pending_connections:  # before any handshake work
             problem = Cut("too_many_pending", f"{len(pending)} connections already waiting to "
                           "associate (receive.max_pending_connections)", None)
+        else:
+            problem = tls_handshake(sock, self.config.read_timeout_s or TLS_HANDSHAKE_S)
         if problem is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -229,7 +230,7 @@ class Receiver:
                 log.debug("send deadline not set: %s", exc)
         assoc = event.assoc
         PduReader(assoc_socket, self._wire_limits, lambda cut: self._connection_cut(assoc, cut))
-        make_idle_aware(assoc)  # an idle association polls at 10 Hz, not 1 kHz
+        make_idle_aware(assoc)  # an idle association waits on its socket, not 1 kHz polls
 
     def _worth_an_association(self, connection: Any, address: Any) -> bool:
         """socketserver's verify_request, in the accept loop: a connection its peer has already

@@ -188,12 +188,7 @@ class Spool:
         """Move what a stopped node left in processing/ back to incoming/; returns how many."""
         moved = 0
         for name in self.names(PROCESSING):
-            for suffix in (".json", ".dcm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(
-                        self.dir(PROCESSING) / f"{name}{suffix}",
-                        self.dir(INCOMING) / f"{name}{suffix}",
-                    )
+            self.unclaim(name)
             moved += 1
         for partial in self.dir(PROCESSING).glob("*.out"):  # tagged copy not yet dispatched
             partial.unlink(missing_ok=True)

@@ -16,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import select
 import socket
+import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -334,9 +337,6 @@ def closed_by_peer(connection: Any) -> bool:
     starts an association and its two threads for it (~3 ms of CPU each, which under a connect
     storm queued real modalities behind hundreds of dead connections). Never blocks; a TLS
     connection is left to the handshake (its bytes cannot be peeked here)."""
-    import select
-    import ssl
-
     if isinstance(connection, ssl.SSLSocket):
         return False
     try:
@@ -368,9 +368,6 @@ def tls_handshake(connection: Any, deadline_s: float) -> Cut | None:
     """Finish the TLS handshake of an accepted connection within deadline_s in all (a timer
     shuts the socket down at the deadline, so a trickle cannot stretch it); the Cut to report
     when it fails, None when done or not TLS."""
-    import ssl
-    import threading
-
     if not isinstance(connection, ssl.SSLSocket):
         return None
     expired = threading.Event()
