@@ -228,6 +228,9 @@ class WebConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8480, ge=0, le=65535)
     token: str | None = None
+    # Keep each decision's 224x224 model input as a small PNG beside its log row, for reviewers.
+    # Off by default: it is patient data; purged with the row by log retention.
+    previews: bool = False
 
     @field_validator("token")
     @classmethod

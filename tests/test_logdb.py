@@ -155,6 +155,30 @@ def test_purge_deletes_old_rows_and_records_itself(store):
     assert [tuple(r) for r in purges] == [(30.0, 1, "test")]
 
 
+def test_verdicts_are_append_only_and_purged_with_their_decision_and_preview(store):
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+    old_entry = make_entry(1, received_at=now - timedelta(days=40))
+    old_entry.decision_key = "0001"
+    new_entry = make_entry(2, received_at=now - timedelta(days=1))
+    new_entry.decision_key = "0002"
+    ids = [store.record_instance(old_entry), store.record_instance(new_entry)]
+    with store.engine.begin() as connection:
+        for instance_id, key in zip(ids, ("0001", "0002"), strict=True):
+            connection.execute(
+                sa.text("INSERT INTO verdicts (instance_id, at, reviewer, verdict, true_view) "
+                        "VALUES (:id, :at, 'ana', 'wrong', 'PA')"),
+                {"id": instance_id, "at": datetime(2026, 11, 25)})
+            connection.execute(sa.text("INSERT INTO previews (decision_key, at, png) "
+                                       "VALUES (:key, :at, :png)"),
+                               {"key": key, "at": datetime(2026, 11, 25), "png": b"\x89PNG"})
+    with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE verdicts SET verdict = 'right'"))
+    assert [r[0] for r in fetch(store, "SELECT verdict FROM verdicts")] == ["wrong", "wrong"]
+    store.purge(30, now=now, requested_by="test")
+    assert [r[0] for r in fetch(store, "SELECT instance_id FROM verdicts")] == [ids[1]]
+    assert [r[0] for r in fetch(store, "SELECT decision_key FROM previews")] == ["0002"]
+
+
 def test_schema_newer_than_known_is_refused(db_url):
     LogStore.open(db_url).close()
     engine = sa.create_engine(db_url)

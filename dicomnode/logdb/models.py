@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
 )
@@ -68,9 +69,12 @@ class InstanceRow(Base):
     routing: Mapped[dict] = mapped_column(JSON, nullable=False)
     # The journal key of this decision (its spool name): unique, so a replay writes it once.
     decision_key: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ux_instances_decision_key", "decision_key", unique=True),
+        Index("ix_instances_accession_number", "accession_number"),
         Index("ix_instances_received_at", "received_at"),
         Index("ix_instances_study_uid", "study_instance_uid"),
         Index("ix_instances_series_uid", "series_instance_uid"),
@@ -146,4 +150,41 @@ class AssociationRow(Base):
     __table_args__ = (
         Index("ux_associations_event_key", "event_key", unique=True),
         Index("ix_associations_at", "at"),
+    )
+
+
+class PreviewRow(Base):
+    """The model input of a decision as a small PNG (only with `web.previews`: patient data)."""
+
+    __tablename__ = "previews"
+
+    decision_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), nullable=False)
+    png: Mapped[bytes] = mapped_column(LargeBinary(), nullable=False)
+
+    __table_args__ = (Index("ix_previews_at", "at"),)
+
+
+# A reviewer's judgement, and the true views a reviewer can name (lateral side or not).
+VERDICTS = ("right", "wrong")
+TRUE_VIEWS = ("AP", "PA", "LL", "RL", "LAT", "OTHER")
+
+
+class VerdictRow(Base):
+    """A reviewer's verdict on a decision: append-only (a trigger refuses UPDATE); the newest
+    verdict on an instance counts."""
+
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    instance_id: Mapped[int] = mapped_column(Id, ForeignKey("instances.id"), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(), nullable=False)
+    reviewer: Mapped[str] = mapped_column(String(64), nullable=False)
+    verdict: Mapped[str] = mapped_column(String(8), nullable=False)  # one of VERDICTS
+    true_view: Mapped[str] = mapped_column(String(8), nullable=False)  # one of TRUE_VIEWS
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_verdicts_instance_id", "instance_id"),
+        Index("ix_verdicts_at", "at"),
     )

@@ -29,7 +29,9 @@ from dicomnode.logdb.models import (
     ForwardAttemptRow,
     InstanceRow,
     ModelVersionRow,
+    PreviewRow,
     PurgeRow,
+    VerdictRow,
 )
 
 FORWARD_OUTCOMES = ("sent", "retry", "failed")
@@ -404,6 +406,12 @@ class LogStore:
                     )
                 )
             ).rowcount
+            # verdicts and previews go with the decision they belong to (patient data, and
+            # a verdict without its decision tells an auditor nothing)
+            connection.execute(delete(VerdictRow).where(VerdictRow.instance_id.in_(old_ids)))
+            connection.execute(delete(PreviewRow).where(PreviewRow.decision_key.in_(
+                select(InstanceRow.decision_key).where(InstanceRow.received_at < cutoff))))
+            connection.execute(delete(PreviewRow).where(PreviewRow.at < cutoff))
             instances = connection.execute(
                 delete(InstanceRow).where(InstanceRow.received_at < cutoff)
             ).rowcount
