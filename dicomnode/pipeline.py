@@ -7,7 +7,6 @@ to the slow lane (OutlastedPatience), which runs it again with its full size-sca
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from dicomnode import tag
 from dicomnode.classify import Prediction, ViewClassifier
 from dicomnode.config import LogConfig, NodeConfig
 from dicomnode.guard import DecodeTimeout, IsolatedDecoder, Limits, check_file, preprocess_guarded
-from dicomnode.identity import set_implementation
 from dicomnode.lanes import Lanes
 from dicomnode.logdb.entry import InstanceLogEntry, patient_id_in_configured_form, record_prediction
 from dicomnode.preprocess import PreprocessError
@@ -260,11 +258,9 @@ class Pipeline:
             entry.error = f"cannot tag the dataset: {type(exc).__name__}: {exc}"
             return path
         try:
-            buffer = io.BytesIO()
-            set_implementation(ds.file_meta)  # the node wrote this file (PS3.10 7.1)
-            ds.save_as(buffer)  # as read: same transfer syntax, encapsulated pixel data as-is
+            data = tag.encode_tagged(ds, decision.after)
             tagged = self.spool.dir(PROCESSING) / f"{name}.out"
-            write_atomic(tagged, buffer.getvalue(), self.spool.dir("tmp"))
+            write_atomic(tagged, data, self.spool.dir("tmp"))
         except Exception as exc:
             entry.action = "unreadable"
             entry.error = f"cannot write the tagged dataset: {type(exc).__name__}: {exc}"

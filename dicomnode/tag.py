@@ -6,9 +6,11 @@ go out byte for byte (pydicom writes encapsulated PixelData back as the bytes it
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -21,6 +23,7 @@ from pydicom.uid import (
 from dicomnode import SOFTWARE_NAME, __version__
 from dicomnode.classify import Prediction
 from dicomnode.config import TagConfig, body_part_key
+from dicomnode.identity import set_implementation
 
 # ViewPosition (0018,5101) terms by view family. Anything else that is present (oblique,
 # decubitus, …) is "other": it contradicts a frontal or lateral call.
@@ -247,6 +250,30 @@ def apply(
 
     if config.private_block:
         write_private_block(ds, prediction, model_sha256, config)
+
+
+class TaggedFileMismatch(ValueError):
+    """The tagged dataset, written out, does not read back with the view that was written."""
+
+
+def encode_tagged(ds: Dataset, view_written: str) -> bytes:
+    """The file of a tagged dataset (as read: same transfer syntax, encapsulated pixel data
+    as-is), read back before anyone relies on it: a damaged header that pydicom parsed leniently
+    can re-encode into a file whose ViewPosition is lost or moved (found by the decode fuzz
+    campaign), and the log must never say a view was written that the file does not hold."""
+    set_implementation(ds.file_meta)  # the node wrote this file (PS3.10 7.1)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    data = buffer.getvalue()
+    again = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    found = current_view_position(again)
+    if found != view_written or again.get("SOPInstanceUID") != ds.get("SOPInstanceUID"):
+        raise TaggedFileMismatch(
+            f"the tagged file reads back with ViewPosition {found!r} and SOP Instance UID "
+            f"{again.get('SOPInstanceUID')!r}, not {view_written!r} and "
+            f"{ds.get('SOPInstanceUID')!r}"
+        )
+    return data
 
 
 def view_code_item(term: str) -> Dataset:

@@ -139,12 +139,13 @@ def decode_and_tag(data: bytes, decoder=None, scratch: Path | None = None) -> st
         tag.apply(ds, decision, prediction, "0" * 64, config, source_of_previous_values="FUZZ")
     except Exception:
         return "untaggable"  # the pipeline logs it unreadable and forwards the original file
-    buffer = io.BytesIO()
     try:
-        ds.save_as(buffer)
+        data = tag.encode_tagged(ds, decision.after)  # the pipeline's own write and read-back
+    except tag.TaggedFileMismatch:
+        return "untaggable"  # logged unreadable, the original forwarded untouched
     except Exception:
         return "unwritable"  # the pipeline catches this and forwards the original
-    again = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
+    again = pydicom.dcmread(io.BytesIO(data), force=True)
     assert tag.current_view_position(again) == decision.after
     return decision.action
 

@@ -189,3 +189,29 @@ def test_overwrite_keeps_previous_value_and_appends(shared):
     assert ds.ViewPosition == "AP"
     assert len(ds.ContributingEquipmentSequence) == 2
     assert tag.read_private_block(ds, config) is None
+
+
+def test_a_tagged_file_that_does_not_read_back_with_its_view_is_refused(shared):
+    """The 1,800 s decode fuzz campaign found a header pydicom parses leniently (the VR and
+    length of Implementation Class UID overwritten with 0xFF) whose tagged re-encoding reads back
+    with no dataset at all: the node must not forward that file as 'written'. The intact film
+    round-trips."""
+    raw = RG1_J2KR.read_bytes()
+    config = TagConfig(on_disagree="overwrite")
+    intact = pydicom.dcmread(BytesIO(raw))
+    decision = tag.decide(tag.current_view_position(intact), LATERAL, config)
+    tag.apply(intact, decision, LATERAL, "0" * 64, config, source_of_previous_values="TEST")
+    again = pydicom.dcmread(BytesIO(tag.encode_tagged(intact, decision.after)))
+    assert again.ViewPosition == decision.after == "LL"
+
+    # the campaign's input: a corpus file with that one change (the guard is the tag stage's,
+    # whatever the SOP class; the node tags only CR and DX)
+    mangled = bytearray((CORPUS_DIR / "files" / "CT__humans_ctbrain1.dcm").read_bytes())
+    at = mangled.index(b"\x02\x00\x12\x00UI")  # (0002,0012) Implementation Class UID
+    mangled[at + 4 : at + 8] = b"\xff\xff\xff\xff"
+    ds = pydicom.dcmread(BytesIO(bytes(mangled)), force=True)
+    decision = tag.decide(tag.current_view_position(ds), LATERAL, config)
+    assert decision.writes
+    tag.apply(ds, decision, LATERAL, "0" * 64, config, source_of_previous_values="TEST")
+    with pytest.raises(tag.TaggedFileMismatch, match="reads back with ViewPosition None"):
+        tag.encode_tagged(ds, decision.after)
