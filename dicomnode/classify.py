@@ -49,6 +49,7 @@ class ModelPolicy:
 
     calibration: dict[str, float]
     thresholds: dict[str, float]
+    scores: str = "probabilities"  # what the output vector holds (view_policy.SCORES)
 
     @classmethod
     def from_manifest(cls, manifest: dict, where: str) -> ModelPolicy:
@@ -57,12 +58,16 @@ class ModelPolicy:
                 f"{where} describes a model with heads {manifest.get('heads', 'binary')!r}; this "
                 "node needs the view model (heads 'views': AP, PA, lateral, other) with its "
                 "calibration and thresholds, as `python -m training ship` writes it")
+        scores = manifest.get("scores", "probabilities")  # manifests before logits had none
+        if scores not in view_policy.SCORES:
+            raise ModelError(f"{where}: scores must be one of {', '.join(view_policy.SCORES)}, "
+                             f"got {scores!r}")
         try:
             view_policy.check_policy(manifest.get("calibration"), manifest.get("thresholds"),
                                      where)
         except PolicyError as exc:
             raise ModelError(str(exc)) from exc
-        return cls(dict(manifest["calibration"]), dict(manifest["thresholds"]))
+        return cls(dict(manifest["calibration"]), dict(manifest["thresholds"]), scores)
 
     def effective(self, overrides: dict[str, float] | None) -> tuple[dict[str, float], str]:
         """(thresholds, source): the manifest's, with any configured overrides on top."""
@@ -161,7 +166,8 @@ class ViewClassifier:
         started = time.perf_counter()
         self._interpreter.set_tensor(self._input_index, batch)
         self._interpreter.invoke()
-        scores = self._interpreter.get_tensor(self._output_index)[0].astype(np.float64)
+        scores = view_policy.head_probabilities(
+            self._interpreter.get_tensor(self._output_index)[0], self.policy.scores)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         thresholds, source = self.policy.effective(threshold_overrides)
         call = view_policy.decide(scores, self.policy.calibration, thresholds)

@@ -4,6 +4,11 @@ The view model (manifest `heads: views`) has one output vector holding three sof
   family  frontal | lateral | other   (other = oblique or odd projection: never written)
   ap_pa   AP | PA                     (trained only on frontal films whose view is known)
   region  chest | other               (AP vs PA is validated on chest films only)
+The model emits either each head's logits (manifest `scores: logits`, models shipped since
+2026-12-07) or its softmax probabilities (older manifests); `head_probabilities` turns logits into
+probabilities in float64 before anything else looks at them. Logits matter for Int8: a softmax
+inside the integer graph is quantised to steps of 1/256, which made calibrated confidences near
+the write thresholds (0.98-0.997) jump between Int8 and FP32.
 Each head is temperature-scaled with the manifest's `calibration`, then the manifest's
 `thresholds` decide. This module is pure (numpy only) so that the node, `dicomnode classify` and
 the training module's cross-validation all apply the very same rule.
@@ -22,6 +27,7 @@ OUTPUT_WIDTH = 7
 # The model's classes as the log and routing rules name them.
 CLASSES = ("AP", "PA", "LAT", "OTHER")
 THRESHOLD_KEYS = ("frontal", "lateral", "ap_pa", "chest")
+SCORES = ("probabilities", "logits")  # what the model's output vector holds (manifest `scores`)
 CALIBRATION_KEYS = tuple(HEADS)
 _FLOOR = 1e-6  # Int8 outputs can be exactly 0; log(0) would make every temperature meaningless
 
@@ -66,6 +72,22 @@ def temperature_scale(probabilities: np.ndarray, temperature: float) -> np.ndarr
     scaled -= scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def head_probabilities(raw: np.ndarray, scores: str) -> np.ndarray:
+    """(n, 7) or (7,) model outputs -> the same shape of per-head softmax probabilities (float64):
+    a softmax per head for logits, the values as they are for probabilities."""
+    if scores not in SCORES:
+        raise PolicyError(f"scores must be one of {', '.join(SCORES)}, got {scores!r}")
+    values = np.asarray(raw, dtype=np.float64)
+    if scores == "probabilities":
+        return values
+    out = np.empty_like(values)
+    for part in HEAD_SLICES.values():
+        shifted = values[..., part] - values[..., part].max(axis=-1, keepdims=True)
+        exp = np.exp(shifted)
+        out[..., part] = exp / exp.sum(axis=-1, keepdims=True)
+    return out
 
 
 def check_policy(calibration: object, thresholds: object, where: str = "manifest") -> None:

@@ -221,3 +221,26 @@ def test_a_dataset_the_tag_stage_cannot_read_is_forwarded_untouched(start_node, 
     [received] = recording_scp.received
     assert dataset_bytes(received.encoded) == dataset_bytes(bytes(raw))  # as sent
     assert not list((node.spool.root / "failed").rglob("*.dcm"))
+
+
+def test_logit_outputs_become_per_head_probabilities_and_older_manifests_still_read():
+    """Models shipped since 2026-12-07 emit each head's logits (`scores: logits`): the node's
+    softmax per head, in float64, equals the softmax Keras computed in training; a manifest
+    without `scores` is read as probabilities, and an unknown value is refused."""
+    import numpy as np
+
+    from dicomnode.classify import ModelError, ModelPolicy
+    from dicomnode.view_policy import HEAD_SLICES, head_probabilities
+
+    logits = np.array([4.0, -1.0, 0.5, 0.3, -0.3, 9.0, -2.0])
+    probabilities = head_probabilities(logits, "logits")
+    for part in HEAD_SLICES.values():
+        expected = np.exp(logits[part]) / np.exp(logits[part]).sum()
+        assert np.allclose(probabilities[part], expected, rtol=0, atol=1e-12)
+    assert np.array_equal(head_probabilities(probabilities, "probabilities"), probabilities)
+    manifest = json.loads((DEFAULT_MODELS_DIR / "manifest.json").read_text())
+    older = {k: v for k, v in manifest.items() if k != "scores"}
+    assert ModelPolicy.from_manifest(older, "m.json").scores == "probabilities"
+    assert ModelPolicy.from_manifest({**older, "scores": "logits"}, "m.json").scores == "logits"
+    with pytest.raises(ModelError, match="scores must be one of probabilities, logits"):
+        ModelPolicy.from_manifest({**older, "scores": "logodds"}, "m.json")

@@ -259,6 +259,7 @@ def test_ship_needs_the_cv_report_of_the_same_data(tmp_path: Path, dicom_folder:
 def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -> None:
     from dicomnode.classify import ViewClassifier, sha256_file
     from dicomnode.preprocess import PREPROCESSING_SPEC, preprocess_file
+    from dicomnode.view_policy import HEAD_SLICES
 
     out, _ = shipped
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -270,6 +271,7 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -
     assert len(on_disk["training_data_sha256"]) == 64
     assert {"tensorflow-cpu", "ai-edge-litert"} <= set(on_disk["versions"])
     assert set(on_disk["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
+    assert on_disk["scores"] == "logits"  # no softmax inside the Int8 graph
     assert not list(out.glob("*.keras"))  # the Keras file stays in the work folder
     grey = preprocess_file(CHEST_PA)
     for name, entry in on_disk["variants"].items():
@@ -277,7 +279,13 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -
         assert entry["sha256"] == sha256_file(path)
         assert entry["size_bytes"] == path.stat().st_size
         assert entry["input_shape"] == [1, 224, 224, 3] and entry["input_dtype"] == "float32"
-        prediction = ViewClassifier.from_manifest(out, name).predict(grey)
+        classifier = ViewClassifier.from_manifest(out, name)
+        prediction = classifier.predict(grey)
+        raw = classifier._interpreter.get_tensor(classifier._output_index)[0]
+        # logits: a head's values are not probabilities (they need not lie in 0..1 or sum to
+        # 1); the node's softmax per head makes them so
+        assert any(abs(float(raw[part].sum()) - 1.0) > 1e-3 or raw[part].min() < 0
+                   for part in HEAD_SLICES.values()), raw
         assert prediction.label in ("AP", "PA", "LAT", "OTHER")
         assert abs(sum(prediction.probabilities.values()) - 1.0) < 1e-6
         assert prediction.thresholds == on_disk["thresholds"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomnode.view_policy import head_probabilities
 from training.cache import load_data_cached
 from training.data import Dataset
 from training.export import VARIANTS, export_all, representative_images
@@ -165,11 +166,13 @@ def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weig
                                                                           steady_invokes)
         representative = representative_images(data.pixels[train_idx],
                                                 recipe.representative_samples, recipe.seed + k)
-        files = export_all(parts.full, fold_dir, representative, variants=variants, log=log)
+        files = export_all(parts.exported, fold_dir, representative, variants=variants, log=log)
         eval_started = time.monotonic()
         for variant, path in files.items():
             run = run_tflite(path, data.pixels[test_idx], steady_invokes=steady_invokes)
-            oof[variant][test_idx] = run.probabilities
+            # view model: the exported logits become per-head probabilities as in the node
+            oof[variant][test_idx] = (head_probabilities(run.probabilities, "logits")
+                                      if views_task else run.probabilities)
             result.size_kb[variant] = run.size_kb
             result.warmup_ms[variant] = run.warmup_ms
             result.steady_ms[variant] = run.steady_ms

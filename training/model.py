@@ -48,7 +48,10 @@ class Parts:
     top_base: split activations -> base output (the fine-tuned top blocks; None for head only)
     head: pooled 1280-vector -> probabilities (GAP -> Dense(128, ReLU) -> Dense(2, softmax))
     upper: split activations -> probabilities (top_base + pooling + head)
-    full: 0-255 image -> probabilities (what is exported)
+    full: 0-255 image -> probabilities
+    exported: what is exported; for the view model 0-255 image -> each head's logits (the same
+              layers as `full` without the softmax, which the node applies in float: see
+              dicomnode.view_policy), for the binary head `full` itself
     """
 
     def __init__(self, weights: Path, scaling: str, split_layer: str = POOLED_LAYER,
@@ -75,10 +78,11 @@ class Parts:
         own = (keras.layers.Dense(ap_pa_units, activation="relu", name="dense_ap_pa")
                if heads == "views" and ap_pa_units > 0 else None)
 
-        def head_on(pooled):
+        def head_on(pooled, logits=False):
             dropped = drop(pooled) if drop is not None else pooled
             if heads == "views":
-                return out(dense(dropped), own(dropped) if own is not None else None)
+                return out(dense(dropped), own(dropped) if own is not None else None,
+                           logits=logits)
             return out(dense(dropped))
 
         pooled_in = keras.Input((base.output.shape[-1],), name="pooled")
@@ -99,12 +103,17 @@ class Parts:
             self.full = keras.Model(
                 image, head_on(pool(self.top_base(lower_base(scaled), training=False))),
                 name="view_classifier")
+            exported_out = head_on(pool(self.top_base(lower_base(scaled), training=False)),
+                                   logits=True)
         else:
             self.top_base = None
             self.lower = keras.Model(image, pool(lower_base(scaled)), name="lower")
             self.upper = self.head
             self.full = keras.Model(image, head_on(pool(lower_base(scaled))),
                                     name="view_classifier")
+            exported_out = head_on(pool(lower_base(scaled)), logits=True)
+        self.exported = (keras.Model(image, exported_out, name="view_classifier_logits")
+                         if heads == "views" else self.full)
 
     def unfreeze_top(self) -> None:
         """Train the top blocks' convolutions; batch-norm keeps ImageNet statistics (small folds
@@ -120,18 +129,23 @@ class Parts:
 
 
 def view_heads():
-    """family (3) + AP/PA (2) + region (2) softmax heads on one input, concatenated into one
-    output vector (a single TFLite output; dicomnode.view_policy.HEAD_SLICES)."""
+    """family (3) + AP/PA (2) + region (2) heads on one input, concatenated into one output
+    vector (a single TFLite output; dicomnode.view_policy.HEAD_SLICES): softmax probabilities
+    for training, or the logits (logits=True) for export."""
     import keras
 
     from dicomnode.view_policy import HEADS
 
-    parts = {head: keras.layers.Dense(len(classes), activation="softmax", name=head)
-             for head, classes in HEADS.items()}
+    parts = {head: keras.layers.Dense(len(classes), name=head) for head, classes in HEADS.items()}
+    softmax = {head: keras.layers.Softmax(name=f"{head}_softmax") for head in HEADS}
     joined = keras.layers.Concatenate(name="view_outputs")
+    joined_logits = keras.layers.Concatenate(name="view_logits")
 
-    def on(shared, ap_pa_input=None):
-        return joined([part(ap_pa_input if head == "ap_pa" and ap_pa_input is not None
-                            else shared) for head, part in parts.items()])
+    def on(shared, ap_pa_input=None, logits=False):
+        outs = {head: part(ap_pa_input if head == "ap_pa" and ap_pa_input is not None else shared)
+                for head, part in parts.items()}
+        if logits:
+            return joined_logits(list(outs.values()))
+        return joined([softmax[head](value) for head, value in outs.items()])
 
     return on

@@ -26,8 +26,9 @@ from training.recipes import Recipe
 
 DEFAULT_VARIANT = "int8"
 VIEWS_NAME = "dicomnode view model (MobileNetV2 1.0: AP, PA, lateral, other)"
-OUTPUT_VIEWS = ("float32 (1, 7): softmax heads family [frontal, lateral, other], ap_pa [AP, PA], "
-                "region [chest, other] (dicomnode.view_policy)")
+OUTPUT_VIEWS = ("float32 (1, 7): the logits of three heads, family [frontal, lateral, other], "
+                "ap_pa [AP, PA], region [chest, other]; softmax per head in the reader "
+                "(dicomnode.view_policy.head_probabilities)")
 
 
 def package_versions() -> dict[str, str]:
@@ -138,7 +139,7 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
     build_dir = runs_dir / "ship"
     build_dir.mkdir(parents=True, exist_ok=True)
     parts.full.save(build_dir / "model.keras")  # kept out of git: models/ holds TFLite only
-    files = export_all(parts.full, build_dir, representative, variants=variants,
+    files = export_all(parts.exported, build_dir, representative, variants=variants,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -157,6 +158,7 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
         }
     cv_metrics = load_cv_metrics(report_dir, recipe.name)
     head_fields = ({"heads": "views", "outputs": {k: list(v) for k, v in HEADS.items()},
+                    "scores": "logits",
                     "calibration": policy["calibration"], "thresholds": policy["thresholds"],
                     "thresholds_chosen": {k: policy[k] for k in ("max_wrong_write_rate",
                                                                  "chosen_on")}}
