@@ -22,6 +22,7 @@ from dicomnode.cli_rules import rules_app
 from dicomnode.config import ConfigError, DicomDestination, FolderDestination, NodeConfig
 from dicomnode.config_file import load_config
 from dicomnode.logdb.cli import log_app
+from dicomnode.web.cli import web_app
 
 app = typer.Typer(
     help="dicomnode: an edge DICOM node that tags X-ray views (AP, PA, lateral, or abstains).",
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(log_app, name="log")
 app.add_typer(rules_app, name="rules")
 app.add_typer(queue_app, name="queue")
+app.add_typer(web_app, name="web")
 
 ConfigOption = Annotated[
     Path | None,

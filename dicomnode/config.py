@@ -19,7 +19,6 @@ from pydantic import (
 )
 
 # Access control, TLS, hostile-input limits and metrics (security engineer's sections).
-from dicomnode.addresses import is_loopback
 from dicomnode.hardening import (
     AllowedCallers,
     GuardConfig,
@@ -221,16 +220,37 @@ class LogConfig(_Strict):
         return self
 
 
+class ReviewerConfig(_Strict):
+    """A reviewer who may log in to the web view and record verdicts."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password_hash: str  # scrypt$N$r$p$salt$hash, made by `dicomnode web hash-password`
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_form(cls, value: str) -> str:
+        from dicomnode.web.passwords import parse_hash
+
+        parse_hash(value)
+        return value
+
+
 class WebConfig(_Strict):
-    """The read-only auditor view (dicomnode.logdb.web): off by default, loopback unless a token."""
+    """The auditor's web view (dicomnode.web): off by default; loopback unless authenticated and
+    served over TLS; read-only except for configured reviewers."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(8480, ge=0, le=65535)
-    token: str | None = None
+    token: str | None = None  # read-only access (Bearer or ?token= once)
     # Keep each decision's 224x224 model input as a small PNG beside its log row, for reviewers.
     # Off by default: it is patient data; purged with the row by log retention.
     previews: bool = False
+    reviewers: list[ReviewerConfig] = Field(default_factory=list)
+    # Signs the session cookies; unset: a random one per start (sessions end with a restart).
+    session_secret: str | None = None
+    tls_cert: str | None = None  # PEM certificate (chain); needed beyond loopback
+    tls_key: str | None = None  # its PEM private key
 
     @field_validator("token")
     @classmethod
@@ -240,13 +260,22 @@ class WebConfig(_Strict):
                              "it out)")
         return value
 
+    @field_validator("session_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("session_secret must be at least 32 characters (python -c 'import "
+                             "secrets; print(secrets.token_urlsafe(32))'), or leave it out")
+        return value
+
     @model_validator(mode="after")
-    def _public_address_needs_token(self) -> WebConfig:
-        if self.token is None and not is_loopback(self.host):
-            raise ValueError(
-                f"host {self.host!r} is not a loopback address: set web.token to serve the log "
-                "beyond this machine, or use 127.0.0.1"
-            )
+    def _public_address_needs_auth_and_tls(self) -> WebConfig:
+        from dicomnode.web.settings import check_exposure
+
+        check_exposure(self.host, self.token, bool(self.reviewers), self.tls_cert, self.tls_key)
+        names = [r.name for r in self.reviewers]
+        if len(set(names)) != len(names):
+            raise ValueError("reviewers: each name once")
         return self
 
 

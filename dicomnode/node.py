@@ -50,7 +50,7 @@ class Node:
         self.spool_retention: SpoolRetention | None = None
         self.journal: LogJournal | None = None
         self.inbox: Any = None  # dicomnode.watch.InboxWatcher when config.inbox.path is set
-        self.web: Any = None  # dicomnode.logdb.web.WebServer when web.enabled
+        self.web: Any = None  # dicomnode.web.server.WebServer when web.enabled
         self.retention: Any = None  # dicomnode.logdb.retention.RetentionWorker when configured
 
     def _classifier(self) -> ViewClassifier:
@@ -130,7 +130,7 @@ class Node:
     def _start_log_services(self) -> None:
         """The auditor web view and log retention, each only when configured."""
         from dicomnode.logdb.retention import start_retention
-        from dicomnode.logdb.web import start_web_from_config
+        from dicomnode.web.server import start_web_from_config
 
         self.web = start_web_from_config(self.log_store, self.config.web, self.config.log)
         self.retention = start_retention(self.log_store, self.config.log)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import urllib.error
 import urllib.request
 
+import itsdangerous
 import pytest
 from playwright.sync_api import sync_playwright
 
 from dicomnode.logdb.store import LogStore
-from dicomnode.logdb.web import SESSION_S, WebConfigError, new_session, session_valid, start_web
+from dicomnode.web.auth import SESSION_S
+from dicomnode.web.server import start_web
+from dicomnode.web.settings import WebConfigError
 from tests.logdb_helpers import STUDY_A, populate
 
 pytest_plugins = ["tests.fixtures_postgres"]
@@ -21,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 TOKEN = "auditor-token-0123456789"
+SECRET = "session-secret-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
@@ -44,20 +50,22 @@ def view(populated_store):
 
 @pytest.fixture
 def token_view(populated_store):
-    server = start_web(populated_store, host="127.0.0.1", port=0, token=TOKEN)
+    server = start_web(populated_store, host="127.0.0.1", port=0, token=TOKEN,
+                       session_secret=SECRET)
     try:
         yield server
     finally:
         server.stop()
 
 
-def fetch(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, str, dict]:
+def fetch(url: str, headers: dict | None = None, method: str = "GET"):
+    """(status, body, headers); the headers look up names case-insensitively."""
     request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode(), dict(response.headers)
+            return response.status, response.read().decode(), response.headers
     except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(), dict(error.headers)
+        return error.code, error.read().decode(), error.headers
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -111,14 +119,15 @@ def test_browser_search_open_study_and_summary(view, tmp_path):
 def test_pages_over_http_on_both_backends(view):
     status, body, headers = fetch(view.url + "?calling_ae=CR_ROOM2")
     assert status == 200 and "2 matching instances" in body
-    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "script-src 'none'" in csp and "unsafe" not in csp
     status, body, _ = fetch(view.url + "summary?day=2026-11-20")
     assert status == 200 and "3 instances" in body
     status, body, _ = fetch(view.url + f"study/{STUDY_A}")
-    assert status == 200 and body.count("class='instance'") == 3
+    assert status == 200 and body.count('class="instance"') == 3
     assert fetch(view.url + "study/9.9.9")[0] == 404
     status, body, _ = fetch(view.url + "?since=yesterday")
-    assert status == 200 and "since: &#x27;yesterday&#x27; is not an ISO date" in body
+    assert status == 200 and "since: &#39;yesterday&#39; is not an ISO date" in body
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -141,18 +150,32 @@ def test_token_is_required_when_configured(token_view):
     status, body, _ = fetch(token_view.url, {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and "6 matching instances" in body
     status, _, headers = fetch(token_view.url + f"?token={TOKEN}")
-    assert status == 200 and "HttpOnly" in headers["Set-Cookie"]
-    cookie = headers["Set-Cookie"].split(";")[0]
+    set_cookie = headers["Set-Cookie"]
+    assert status == 200 and "httponly" in set_cookie.lower()
+    assert "samesite=strict" in set_cookie.lower() and f"Max-Age={SESSION_S}" in set_cookie
+    cookie = set_cookie.split(";")[0]
     assert fetch(token_view.url + "summary", {"Cookie": cookie})[0] == 200
-    assert TOKEN not in headers["Set-Cookie"]  # a signed session value, not the token
     name, value = cookie.split("=", 1)
-    issued, mac = value.split(".")
-    forged = f"{int(issued) + 1}.{mac}"  # a later expiry under the same signature
-    assert fetch(token_view.url, {"Cookie": f"{name}={forged}"})[0] == 401
-    assert fetch(token_view.url, {"Cookie": f"{name}={TOKEN}"})[0] == 401  # the old cookie form
-    stale = new_session(TOKEN, now=time.time() - SESSION_S - 60)
+    payload, issued, signature = value.split(".")
+    assert TOKEN not in set_cookie and TOKEN not in base64.b64decode(payload).decode()
+    # a signed session value: another payload under the same signature is refused
+    forged = base64.b64encode(json.dumps({"reader": "x" * 24}).encode()).decode()
+    assert fetch(token_view.url, {"Cookie": f"{name}={forged}.{issued}.{signature}"})[0] == 401
+    assert fetch(token_view.url, {"Cookie": f"{name}={TOKEN}"})[0] == 401  # the token itself
+    # signed with another secret, or signed with ours but older than a working day: refused
+    session = base64.b64decode(payload)
+
+    class Stale(itsdangerous.TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time() - SESSION_S - 60)
+
+    other = itsdangerous.TimestampSigner("another-secret-0123456789abcdef").sign(
+        base64.b64encode(session)).decode()
+    assert fetch(token_view.url, {"Cookie": f"{name}={other}"})[0] == 401
+    stale = Stale(SECRET).sign(base64.b64encode(session)).decode()
     assert fetch(token_view.url, {"Cookie": f"{name}={stale}"})[0] == 401
-    assert session_valid(TOKEN, new_session(TOKEN)) and not session_valid("other" * 4, value)
+    fresh = itsdangerous.TimestampSigner(SECRET).sign(base64.b64encode(session)).decode()
+    assert fetch(token_view.url, {"Cookie": f"{name}={fresh}"})[0] == 200  # the control
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -170,7 +193,7 @@ def test_public_address_without_token_is_refused(populated_store):
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_node_config_starts_the_view_only_when_enabled(populated_store):
     from dicomnode.config_file import parse_config
-    from dicomnode.logdb.web import start_web_from_config
+    from dicomnode.web.server import start_web_from_config
 
     off = parse_config("log:\n  url: sqlite:///x.db\n")
     assert off.web.enabled is False
@@ -217,7 +240,7 @@ def test_dicomnode_log_web_command_serves_until_interrupted(tmp_path, stop_signa
         match = re.search(r"http://127\.0\.0\.1:\d+/", line)
         assert match, line
         status, body, _ = fetch(match.group(0) + f"study/{STUDY_A}")
-        assert status == 200 and body.count("class='instance'") == 3
+        assert status == 200 and body.count('class="instance"') == 3
     finally:
         process.send_signal(getattr(signal, stop_signal))
         try:
@@ -237,5 +260,9 @@ def test_config_refuses_a_public_web_address_without_token():
         parse_config("web:\n  enabled: true\n  host: 0.0.0.0\n", "node.yaml")
     with pytest.raises(ConfigError, match=r"web\.token: .*16 characters"):
         parse_config("web:\n  token: short\n", "node.yaml")
-    public = parse_config(f"web:\n  host: 0.0.0.0\n  token: {TOKEN}\n", "node.yaml")
+    needs_tls = r"web: .*0\.0\.0\.0.*TLS.*web\.tls_cert and web\.tls_key"
+    with pytest.raises(ConfigError, match=needs_tls):
+        parse_config(f"web:\n  host: 0.0.0.0\n  token: {TOKEN}\n", "node.yaml")
+    public = parse_config(f"web:\n  host: 0.0.0.0\n  token: {TOKEN}\n  tls_cert: /etc/c.pem\n"
+                          "  tls_key: /etc/k.pem\n", "node.yaml")
     assert public.web.token == TOKEN

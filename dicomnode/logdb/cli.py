@@ -370,32 +370,61 @@ def associations_command(
             typer.echo("  ".join(str(v) for v in values.values() if v is not None))
 
 
+def load_web_settings(config_path: Path | None) -> dict[str, Any]:
+    """The web view's settings from the node config (reviewers, TLS, secret), if there is one."""
+    try:
+        from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError
+        from dicomnode.config_file import load_config
+        from dicomnode.web.server import settings_from_config
+    except ImportError:  # pragma: no cover
+        return {}
+    if config_path is None and not DEFAULT_CONFIG_PATH.exists():
+        return {}
+    try:
+        node_config = load_config(config_path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    return settings_from_config(node_config.web, node_config.log)
+
+
 @log_app.command("web")
 def web_command(
     db: DbOption = None,
     config: ConfigOption = None,
-    port: Annotated[int, typer.Option(help="TCP port")] = 8480,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: web.port, 8480)")] = None,
     host: Annotated[
-        str, typer.Option(help="bind address; non-loopback needs --token")
-    ] = "127.0.0.1",
-    token: Annotated[
-        str | None, typer.Option(envvar="DICOMNODE_WEB_TOKEN", help="bearer token required")
+        str | None,
+        typer.Option(help="bind address (default: web.host, 127.0.0.1); non-loopback needs "
+                          "--token or reviewers, and TLS"),
     ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="DICOMNODE_WEB_TOKEN", help="read-only bearer token")
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate (web.tls_cert)")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key (web.tls_key)")] = None,
 ) -> None:
-    """Serve the read-only auditor view until interrupted (SIGINT or SIGTERM)."""
+    """Serve the auditor's web view until interrupted (SIGINT or SIGTERM). Reviewers, TLS and
+    the session secret come from the config's `web` block; the options override it."""
     import signal
     import threading
 
-    from dicomnode.logdb.web import WebConfigError, start_web
+    from dicomnode.web.server import start_web
+    from dicomnode.web.settings import WebConfigError
 
     # Own handlers, not KeyboardInterrupt: a process started with SIGINT ignored (a background
     # job of a non-interactive shell, nohup) never gets one, and SIGTERM must stop it too.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    settings = load_web_settings(config)
+    overrides = {"host": host, "port": port, "token": token, "tls_cert": tls_cert,
+                 "tls_key": tls_key}  # fmt: skip
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 8480)
     store = open_store(db, config)
     try:
-        server = start_web(store, host=host, port=port, token=token)
+        server = start_web(store, **settings)
     except (WebConfigError, OSError) as exc:
         store.close()
         raise fail(str(exc)) from None

@@ -57,6 +57,7 @@ class LogFilter:
     max_confidence: float | None = None
     model_sha256: str | None = None  # full digest or a prefix of at least 6 hex digits
     delivery: str | None = None
+    accession_number: str | None = None
 
     def __post_init__(self) -> None:
         if self.action is not None and self.action not in ACTIONS:
@@ -125,6 +126,7 @@ def apply_filter(statement: Select, log_filter: LogFilter) -> Select:
         InstanceRow.modality: f.modality,
         InstanceRow.label: f.label,
         InstanceRow.action: f.action,
+        InstanceRow.accession_number: f.accession_number,
     }
     conditions += [column == value for column, value in equal.items() if value not in (None, "")]
     if f.min_confidence is not None:

@@ -25,6 +25,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 from dicomnode.logdb import schema
 from dicomnode.logdb.entry import ACTIONS, InstanceLogEntry
 from dicomnode.logdb.models import (
+    TRUE_VIEWS,
+    VERDICTS,
     AssociationRow,
     ForwardAttemptRow,
     InstanceRow,
@@ -370,6 +372,25 @@ class LogStore:
         if entry.model_sha256:
             self._upsert_model(connection, entry.model_sha256, values["received_at"], None)
         return int(row_id)
+
+    def record_verdict(self, instance_id: int, reviewer: str, verdict: str, true_view: str,
+                       note: str | None = None, at: datetime | None = None) -> int:
+        """Append a reviewer's verdict on a decision (a new row, never an edit); its row id."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        if true_view not in TRUE_VIEWS:
+            raise ValueError(f"true view {true_view!r} is not one of {', '.join(TRUE_VIEWS)}")
+        if not reviewer or len(reviewer) > 64:
+            raise ValueError("reviewer: 1 to 64 characters")
+        values = {"instance_id": instance_id, "reviewer": reviewer, "verdict": verdict,
+                  "true_view": true_view, "note": (note or "").strip()[:2000] or None,
+                  "at": to_utc_naive(at) if at is not None else utcnow()}  # fmt: skip
+        with self._writing(), self._write_engine.begin() as connection:
+            if connection.execute(select(InstanceRow.id).where(
+                    InstanceRow.id == instance_id)).scalar_one_or_none() is None:
+                raise LookupError(f"no decision with id {instance_id}")
+            return int(connection.execute(
+                insert(VerdictRow).values(**values).returning(VerdictRow.id)).scalar_one())
 
     def associations(self, outcome: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[Any]:

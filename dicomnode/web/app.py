@@ -1,0 +1,69 @@
+"""The Starlette application: routes, middleware (security headers, signed session, auth)."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from dicomnode.logdb.store import LogStore
+from dicomnode.web import auth, export, pages, review
+from dicomnode.web.headers import SecurityHeadersMiddleware, security_headers
+from dicomnode.web.render import STATIC_DIR, message
+from dicomnode.web.settings import WebSettings
+
+log = logging.getLogger(__name__)
+SESSION_COOKIE = "dicomnode_session"
+
+
+async def forbidden(request: Request, exc: Exception) -> Response:
+    return message(request, 403, "Forbidden", str(exc))
+
+
+def error_handler(tls: bool):
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # the page says so; the server stays up for the next request. No details: patient data
+        log.error("web view: %s failed: %s", request.url.path.split("/")[1:2], type(exc).__name__)
+        body = ("<!doctype html><title>Error</title><h1>Error</h1>"
+                "<p class=error>The log query failed.</p>")  # fmt: skip
+        return HTMLResponse(body, status_code=500,
+                            headers=security_headers(request.url.path, tls))  # fmt: skip
+
+    return server_error
+
+
+def build_app(store: LogStore, settings: WebSettings) -> Starlette:
+    routes = [
+        Route("/", pages.search),
+        Route("/summary", pages.summary),
+        Route("/study/{uid:path}", pages.study),
+        Route("/decision/{id:int}", pages.decision),
+        Route("/decision/{id:int}/image", pages.image),
+        Route("/decision/{id:int}/verdict", review.record_verdict, methods=["POST"]),
+        Route("/preview/{key}", pages.preview),
+        Route("/review", review.queue),
+        Route("/review/summary", review.summary),
+        Route("/export.{kind:str}", export.export),
+        Route("/login", auth.login, methods=["GET", "POST"]),
+        Route("/logout", auth.logout, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeadersMiddleware, tls=settings.tls),
+        Middleware(SessionMiddleware, secret_key=settings.session_secret,
+                   session_cookie=SESSION_COOKIE, max_age=auth.SESSION_S, same_site="strict",
+                   https_only=settings.tls),
+        Middleware(auth.AuthMiddleware, settings=settings),
+    ]
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={auth.Forbidden: forbidden,
+                                        Exception: error_handler(settings.tls)})  # fmt: skip
+    app.state.store = store
+    app.state.settings = settings
+    return app

@@ -1,0 +1,69 @@
+"""Reviewer password hashes: stdlib scrypt with a random salt, compared in constant time.
+
+Stored form (the config's `web.reviewers[].password_hash`): ``scrypt$N$r$p$SALT$HASH`` with SALT and
+HASH in unpadded URL-safe base64. Made by ``dicomnode web hash-password``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB, ~50 ms: OWASP's scrypt minimum and more
+SALT_BYTES, HASH_BYTES = 16, 32
+MIN_PASSWORD_LENGTH = 10
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p,
+                          maxmem=256 * n * r + 1024 * 1024, dklen=HASH_BYTES)  # fmt: skip
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"a reviewer password needs at least {MIN_PASSWORD_LENGTH} characters")
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    """(n, r, p, salt, hash) of a stored hash; ValueError naming the expected form otherwise."""
+    parts = stored.split("$")
+    try:
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError
+        n, r, p = (int(x) for x in parts[1:4])
+        salt, digest = _unb64(parts[4]), _unb64(parts[5])
+        if n < 2**10 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16 or len(digest) < 16:
+            raise ValueError
+    except ValueError:
+        raise ValueError("password_hash is not of the form scrypt$N$r$p$salt$hash (make one with "
+                         "`dicomnode web hash-password`)") from None
+    return n, r, p, salt, digest
+
+
+def verify_password(password: str, stored: str) -> bool:
+    n, r, p, salt, digest = parse_hash(stored)
+    return hmac.compare_digest(_scrypt(password, salt, n, r, p)[: len(digest)], digest)
+
+
+# Computed once: a login for an unknown name costs the same as one for a known name.
+_DUMMY_HASH: str | None = None
+
+
+def dummy_verify(password: str) -> None:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password("x" * MIN_PASSWORD_LENGTH)
+    verify_password(password, _DUMMY_HASH)
