@@ -15,6 +15,7 @@ ERROR line: kept, never silently dropped; the rest of its batch is written.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ FORWARD_SUFFIX = ".attempt.json"
 ASSOCIATION_SUFFIX = ".association.json"
 RETRY_S = 2.0  # how often the writer tries the database during an outage
 BATCH = 500  # events per transaction at most
+PREVIEW_KEY = "preview_png"  # in a decision's file: its preview PNG, base64 (web.previews)
 LINGER_S = 0.05  # the writer waits this long after a wake-up, so events arrive as batches
 
 
@@ -64,13 +66,17 @@ class LogJournal:
                                         daemon=True)  # fmt: skip
 
     # -- the writers' side ---------------------------------------------------------------------
-    def record_instance(self, entry: InstanceLogEntry) -> None:
+    def record_instance(self, entry: InstanceLogEntry, preview: bytes | None = None) -> None:
         """Journal a decision; the writer thread inserts it (forward attempts find it by its
-        decision_key, so nobody waits for its row id)."""
+        decision_key, so nobody waits for its row id). A preview (the model input as a PNG,
+        `web.previews`) travels in the same file, so it is as durable as the decision and goes
+        into the database in the same transaction."""
         if not entry.decision_key:
             raise ValueError("a journaled decision needs its decision_key")
         values = asdict(entry)
         values["received_at"] = entry.received_at.isoformat()
+        if preview is not None:
+            values[PREVIEW_KEY] = base64.b64encode(preview).decode("ascii")
         self._journal(f"{entry.decision_key}{INSTANCE_SUFFIX}", values)
 
     def record_forward(self, instance_id: int | None, sop_instance_uid: str, destination: str,
@@ -153,7 +159,8 @@ class LogJournal:
         while the database is down. A batch the database refuses is written one event at a
         time, so only the refused event goes to rejected/."""
         try:
-            events = [self._event(path, json.loads(path.read_bytes())) for path in paths]
+            events = [event for path in paths
+                      for event in self._events(path, json.loads(path.read_bytes()))]
         except Exception:  # unreadable or malformed: one at a time finds and keeps it
             return self._one_at_a_time(paths)
         try:
@@ -180,7 +187,7 @@ class LogJournal:
         True; False, and the file kept, while the database is down."""
         try:
             values = json.loads(path.read_bytes())
-            self.store.record_events([self._event(path, values)])
+            self.store.record_events(self._events(path, values))
         except IntegrityError as exc:  # this event, not the database
             return self._reject(path, exc)
         except (OperationalError, DBAPIError, OSError) as exc:
@@ -194,13 +201,22 @@ class LogJournal:
         return True
 
     @staticmethod
-    def _event(path: Path, values: dict[str, Any]) -> tuple[str, Any]:
-        """A journal file's event as LogStore.record_events takes it."""
+    def _events(path: Path, values: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A journal file's events as LogStore.record_events takes them: a decision (and its
+        preview, when it has one), a delivery attempt or an association."""
         if path.name.endswith(INSTANCE_SUFFIX):
+            preview = values.pop(PREVIEW_KEY, None)
             values["received_at"] = datetime.fromisoformat(values["received_at"])
-            return "instance", InstanceLogEntry(**values)
+            entry = InstanceLogEntry(**values)
+            events: list[tuple[str, Any]] = [("instance", entry)]
+            if preview is not None:
+                events.append(("preview", {"decision_key": entry.decision_key,
+                                           "at": entry.received_at,
+                                           "png": base64.b64decode(preview)}))
+            return events
         values["at"] = datetime.fromisoformat(values["at"])
-        return ("association" if path.name.endswith(ASSOCIATION_SUFFIX) else "forward"), values
+        return [("association" if path.name.endswith(ASSOCIATION_SUFFIX) else "forward",
+                 values)]
 
     def _reject(self, path: Path, exc: Exception) -> bool:
         self.rejected.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ to the slow lane (OutlastedPatience), which runs it again with its full size-sca
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from dicomnode import route as routing
@@ -39,7 +42,16 @@ class OutlastedPatience(Exception):
 
 
 class InstanceLog(Protocol):
+    # called with preview= only when there is one (web.previews on and the film classified)
     def record_instance(self, entry: InstanceLogEntry) -> int | None: ...
+
+
+def preview_png(model_input: np.ndarray) -> bytes:
+    """The model input (uint8 224x224 grey) as the small PNG the log keeps (`web.previews`):
+    lossless, so a reviewer sees exactly what the model saw."""
+    buffer = io.BytesIO()
+    Image.fromarray(model_input, mode="L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def patient_id_for_log(patient_id: str | None, config: LogConfig) -> str | None:
@@ -135,6 +147,7 @@ class Pipeline:
             decision_key=name,
         )
         payload = path
+        preview: bytes | None = None
         ds: Dataset | None = None
         try:
             # deflate bombs are refused before pydicom inflates them in this process (security)
@@ -151,11 +164,13 @@ class Pipeline:
             not_taggable = tag.not_taggable(entry.sop_class_uid or _text(ds, "SOPClassUID"))
             if not_taggable is None:
                 try:
-                    payload = self._classify_and_tag(name, path, ds, entry, classifier, decoder,
-                                                     meta, patience)  # fmt: skip
+                    payload, model_input = self._classify_and_tag(
+                        name, path, ds, entry, classifier, decoder, meta, patience)
                 except OutlastedPatience:
                     self.lanes.to_slow_lane(name)
                     return None
+                if model_input is not None and self._keeps_previews():
+                    preview = preview_png(model_input)
                 if slow_lane:
                     entry.decision_reason = "; ".join(filter(None, (
                         entry.decision_reason, "decoded in the slow lane")))
@@ -174,7 +189,8 @@ class Pipeline:
         instance_id = None
         if self.instance_log is not None:
             try:
-                instance_id = self.instance_log.record_instance(entry)
+                instance_id = (self.instance_log.record_instance(entry) if preview is None
+                               else self.instance_log.record_instance(entry, preview=preview))
             except Exception:  # the image still goes on; the failure is in the node's log
                 log.exception("could not log %s", entry.sop_instance_uid)
         meta = {**meta, "instance_id": instance_id, "action": entry.action}
@@ -182,6 +198,10 @@ class Pipeline:
         log_image_line(entry, decision)
         self.on_dispatched(decision.destinations)
         return entry
+
+    def _keeps_previews(self) -> bool:
+        web = getattr(self.config, "web", None)
+        return bool(getattr(web, "previews", False))
 
     def _modalities(self) -> set[str]:
         return {m.upper() for m in self.config.classify.modalities}
@@ -191,6 +211,9 @@ class Pipeline:
         entry.series_instance_uid = _text(ds, "SeriesInstanceUID")
         entry.modality = _text(ds, "Modality")
         entry.patient_id = patient_id_for_log(_text(ds, "PatientID"), self.config.log)
+        # the log keeps 64 characters (SH and CS are 16: a longer value is a malformed file)
+        entry.accession_number = (_text(ds, "AccessionNumber") or "")[:64] or None
+        entry.body_part_examined = (_text(ds, "BodyPartExamined") or "")[:64] or None
         # entry.sop_instance_uid stays the C-STORE's Affected SOP Instance UID: the identity the
         # instance travels under (forward attempts are logged by it), even where a malformed
         # dataset carries a different one inside.
@@ -208,13 +231,14 @@ class Pipeline:
         decoder: IsolatedDecoder | None,
         meta: dict[str, Any],
         patience: float | None = None,
-    ) -> Path:
-        """Returns the file to forward: the received one, or a tagged copy in processing/.
+    ) -> tuple[Path, np.ndarray | None]:
+        """Returns the file to forward (the received one, or a tagged copy in processing/) and
+        the model input when the film was decoded (for its preview).
         Raises OutlastedPatience when the decode needs longer than `patience` (and its own
         deadline is longer still): the slow lane retries it with that deadline."""
         if classifier is None:
             entry.action, entry.error = "skipped", "no classifier loaded"
-            return path
+            return path, None
         deadline = self.limits.deadline_s(ds)
         impatient = patience is not None and decoder is not None and patience < deadline
         megapixels = self.limits.declared_mpixel(ds) or 0.0
@@ -233,10 +257,10 @@ class Pipeline:
                             deadline)  # fmt: skip
                 raise OutlastedPatience from exc
             entry.action, entry.error = "unreadable", str(exc)
-            return path
+            return path, None
         except PreprocessError as exc:
             entry.action, entry.error = "unreadable", str(exc)
-            return path
+            return path, None
         prediction: Prediction = classifier.predict(grey, self.config.tag.threshold_overrides())
         record_prediction(entry, prediction, classifier.sha256)
         decision = tag.decide(entry.view_position_before, prediction, self.config.tag,
@@ -244,7 +268,7 @@ class Pipeline:
         entry.action = decision.action
         entry.decision_reason = decision.reason
         if not decision.writes:
-            return path
+            return path, grey
         try:
             # reads elements the decode never touched (SOP Class, the coercion sequences): one
             # that pydicom cannot convert (a mangled VR) must forward the file untouched, not
@@ -256,7 +280,7 @@ class Pipeline:
         except Exception as exc:
             entry.action = "unreadable"
             entry.error = f"cannot tag the dataset: {type(exc).__name__}: {exc}"
-            return path
+            return path, grey
         try:
             data = tag.encode_tagged(ds, decision.after)
             tagged = self.spool.dir(PROCESSING) / f"{name}.out"
@@ -264,9 +288,9 @@ class Pipeline:
         except Exception as exc:
             entry.action = "unreadable"
             entry.error = f"cannot write the tagged dataset: {type(exc).__name__}: {exc}"
-            return path
+            return path, grey
         entry.view_position_after = decision.after
-        return tagged
+        return tagged, grey
 
 
 def log_image_line(entry: InstanceLogEntry, decision: routing.RoutingDecision) -> None:

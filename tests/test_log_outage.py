@@ -31,7 +31,8 @@ def rows(url: str) -> tuple[list, list]:
     try:
         with engine.connect() as connection:
             instances = connection.execute(sa.text(
-                "SELECT id, sop_instance_uid, decision_key FROM instances ORDER BY id")).all()
+                "SELECT id, sop_instance_uid, decision_key, accession_number, body_part_examined"
+                " FROM instances ORDER BY id")).all()
             attempts = connection.execute(sa.text(
                 "SELECT instance_id, sop_instance_uid, outcome FROM forward_attempts")).all()
     finally:
@@ -74,6 +75,8 @@ def test_postgresql_outage_mid_stream_leaves_every_decision_exactly_once(start_n
     assert [a.outcome for a in associations] == ["accepted", "accepted"]
     assert [r.sop_instance_uid for r in instances] == uids  # in order, each once
     assert len({r.decision_key for r in instances}) == 50
+    # the auditor's fields travel through the journal too (the small CR: accession 2, CSPINE)
+    assert {(r.accession_number, r.body_part_examined) for r in instances} == {("2", "CSPINE")}
     assert sorted(a.sop_instance_uid for a in attempts) == sorted(uids)
     by_uid = {r.sop_instance_uid: r.id for r in instances}
     assert all(a.instance_id == by_uid[a.sop_instance_uid] and a.outcome == "sent"
@@ -98,8 +101,10 @@ def test_a_replay_after_a_crash_writes_nothing_twice(tmp_path):
         peer_address="127.0.0.1:1", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
         sop_instance_uid="1.2.3.4", study_instance_uid=None, series_instance_uid=None,
         modality="CR", patient_id=None, transfer_syntax_uid=None, action="skipped",
-        decision_key="00000000000000000001-000001")  # fmt: skip
-    assert journal.record_instance(entry) is None
+        decision_key="00000000000000000001-000001", accession_number="ACC-1",
+        body_part_examined="KNEE")  # fmt: skip
+    png = b"\x89PNG\r\n\x1a\n a preview"
+    assert journal.record_instance(entry, preview=png) is None
     journal.record_forward(None, "1.2.3.4", "pacs", "sent", 0, "success", 1,
                            datetime.now(timezone.utc), decision_key=entry.decision_key)
     files = journal.pending()
@@ -113,10 +118,14 @@ def test_a_replay_after_a_crash_writes_nothing_twice(tmp_path):
     LogJournal(store, folder, tmp).start().stop()
     with store.engine.connect() as connection:
         counts = [connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
-                  for table in ("instances", "forward_attempts")]  # fmt: skip
+                  for table in ("instances", "forward_attempts", "previews")]  # fmt: skip
         linked = connection.execute(sa.text(
             "SELECT count(*) FROM forward_attempts WHERE instance_id IS NOT NULL")).scalar()
-    assert counts == [1, 1] and linked == 1
+        fields = connection.execute(sa.text(
+            "SELECT accession_number, body_part_examined FROM instances")).one()
+    assert counts == [1, 1, 1] and linked == 1
+    assert tuple(fields) == ("ACC-1", "KNEE")
+    assert store.preview(entry.decision_key) == png
     assert list(folder.glob("*.json")) == []
     store.close()
 

@@ -321,3 +321,34 @@ def test_readers_open_without_creating_or_migrating(db_url, tmp_path):
     engine.dispose()
     with pytest.raises(schema.SchemaNotCurrentError, match="Start the node"):
         LogStore.open(db_url, upgrade=False)
+
+
+def test_journal_writes_auditor_fields_and_preview_once_on_each_backend(store, tmp_path):
+    """A journaled decision with AccessionNumber, BodyPartExamined and a preview PNG reaches
+    the log (PostgreSQL bytea as SQLite BLOB), and a replay of its file writes neither twice."""
+    import shutil
+
+    from dicomnode.log_journal import LogJournal
+
+    folder, tmp, saved = tmp_path / "journal", tmp_path / "tmp", tmp_path / "saved"
+    tmp.mkdir()
+    saved.mkdir()
+    png = bytes(range(256)) * 40  # any bytes, NULs included
+    entry = make_entry(1, decision_key="00000000000000000007-000007",
+                       accession_number="ACC-0007", body_part_examined="HAND")
+    journal = LogJournal(store, folder, tmp)
+    journal.record_instance(entry, preview=png)
+    journal.record_instance(make_entry(2, decision_key="00000000000000000008-000008"))
+    for path in journal.pending():
+        shutil.copy(path, saved / path.name)
+    journal.start().stop()
+    for path in saved.iterdir():  # a crash after the insert, before the files went
+        shutil.copy(path, folder / path.name)
+    LogJournal(store, folder, tmp).start().stop()
+    rows = fetch(store, "SELECT decision_key, accession_number, body_part_examined "
+                        "FROM instances ORDER BY id")
+    assert [tuple(r) for r in rows] == [("00000000000000000007-000007", "ACC-0007", "HAND"),
+                                        ("00000000000000000008-000008", None, None)]
+    assert fetch(store, "SELECT count(*) FROM previews")[0][0] == 1
+    assert store.preview(entry.decision_key) == png
+    assert store.preview("00000000000000000008-000008") is None

@@ -24,6 +24,7 @@ from tests.node_helpers import (
     forward_rows,
     instance_rows,
     jpeg_as_dicom,
+    node_config,
     storescu,
     without_view_position,
 )
@@ -244,3 +245,67 @@ def test_logit_outputs_become_per_head_probabilities_and_older_manifests_still_r
     assert ModelPolicy.from_manifest({**older, "scores": "logits"}, "m.json").scores == "logits"
     with pytest.raises(ModelError, match="scores must be one of probabilities, logits"):
         ModelPolicy.from_manifest({**older, "scores": "logodds"}, "m.json")
+
+
+def test_auditor_fields_and_previews(start_node, recording_scp, tmp_path: Path, shared):
+    """Accession number and body part are logged on every path that logs a decision
+    (classified, skipped, unreadable with a readable header; absent -> None), through the
+    journal; with web.previews the classified film's model input is kept as a PNG whose pixels
+    are dicomnode.preprocess's of that file, and nothing else gets one; without it, none."""
+    import numpy as np
+    from PIL import Image
+
+    from dicomnode.preprocess import preprocess_file
+    from tests.node_helpers import send_files
+
+    classified = jpeg_as_dicom(LATERAL_JPEG, tmp_path / "lateral.dcm")
+    ds = pydicom.dcmread(classified)
+    ds.AccessionNumber = "ACC-LAT-1"
+    ds.save_as(classified)
+    ct = pydicom.dcmread(CORPUS_DIR / "files" / "CT__CT_small.dcm")
+    ct.AccessionNumber, ct.BodyPartExamined = "ACC-CT-7", "ABDOMEN"
+    ct.save_as(tmp_path / "ct.dcm")
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.AccessionNumber, ds.BodyPartExamined = "ACC-BAD-2", "HAND"
+    ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg"])  # a header, pixels that never decode
+    header_only = tmp_path / "undecodable.dcm"
+    ds.save_as(header_only)
+    bare_ct = CORPUS_DIR / "files" / "CT__693_UNCR.dcm"  # empty AccessionNumber, no body part
+    sent = [classified, tmp_path / "ct.dcm", header_only, bare_ct]
+    node = start_node([recording_scp.destination()], web={"previews": True})
+    assert send_files(node.port, *sent) == [0] * 4
+    recording_scp.wait_for(4)
+    assert node.wait_idle(60)
+    rows = {r.sop_instance_uid: r for r in instance_rows(node)}
+    uid = {p: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sent}
+    got = {p.name: (rows[uid[p]].action, rows[uid[p]].accession_number,
+                    rows[uid[p]].body_part_examined) for p in sent}
+    assert got == {
+        "lateral.dcm": (got["lateral.dcm"][0], "ACC-LAT-1", "CHEST"),
+        "ct.dcm": ("skipped", "ACC-CT-7", "ABDOMEN"),
+        header_only.name: ("unreadable", "ACC-BAD-2", "HAND"),
+        bare_ct.name: ("skipped", None, None),
+    }
+    assert got["lateral.dcm"][0] not in ("skipped", "unreadable")  # it was classified
+    png = node.log_store.preview(rows[uid[classified]].decision_key)
+    assert png is not None and png.startswith(b"\x89PNG")
+    with Image.open(BytesIO(png)) as image:
+        assert (image.mode, image.size) == ("L", (224, 224))
+        pixels = np.asarray(image)
+    assert np.array_equal(pixels, preprocess_file(classified))
+    for path in sent[1:]:  # not classified: no model input, no preview
+        assert node.log_store.preview(rows[uid[path]].decision_key) is None
+
+    off = start_node([recording_scp.destination()],
+                     config=node_config(tmp_path / "off", [recording_scp.destination()]))
+    assert send_files(off.port, classified) == [0]
+    recording_scp.wait_for(5)
+    assert off.wait_idle(60)
+    [row] = instance_rows(off)
+    assert row.accession_number == "ACC-LAT-1" and row.action not in ("skipped", "unreadable")
+    assert off.log_store.preview(row.decision_key) is None
+    with off.log_store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM previews").scalar() == 0

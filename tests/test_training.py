@@ -6,6 +6,7 @@ inference; manifest and sha256 checks through the node's own loader.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -191,23 +192,68 @@ def test_tiny_cross_validation_writes_a_complete_report(cv_result, tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def views_cv(dicom_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The view model's CV (grouped folds, three heads, calibration) on a tiny pool; its report
-    lands where ship reads the thresholds from."""
+def reviews_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `dicomnode log export-reviews` writes for a log with verdicts (two films found,
+    one in the spool and one in an archive; tests/test_review_export.py checks it in detail):
+    the second data folder of the view model's tiny CV and ship."""
+    from dicomnode.logdb.review_export import export_reviews
+    from dicomnode.logdb.store import LogStore
+    from tests.review_helpers import build_reviewed_log
+
+    base = tmp_path_factory.mktemp("reviewed")
+    log = build_reviewed_log(base / "node")
+    with LogStore.open(log.url, upgrade=False) as store:
+        result = export_reviews(store, base / "export", archive=log.archive)
+    assert len(result.written) == 2 and len(result.missing) == 1
+    return base / "export"
+
+
+def test_several_data_folders_keep_their_files_and_patients_apart(image_folder: Path,
+                                                                  reviews_folder: Path) -> None:
+    from training.cli import app
+    from training.data import load_data
+
+    data = load_data([image_folder, reviews_folder])
+    assert [s.folder for s in data.samples] == [image_folder.name] * 4 + ["export"] * 2
+    reviews = [s for s in data.samples if s.source == "reviews"]
+    assert sorted(s.path for s in reviews) == [f"reviews/lateral/{p.name}" for p in
+                                         sorted((reviews_folder / "reviews" / "lateral").glob(
+                                             "*.jpg"))]  # resolved against their own folder
+    assert {s.patient_id.split("/")[0] for s in data.samples} == {image_folder.name, "export"}
+    assert data.pixels.shape == (6, 224, 224) and len(data.fingerprint) == 64
+    alone = [load_data(f).fingerprint for f in (image_folder, reviews_folder)]
+    assert data.fingerprint not in alone  # the data sha256 covers both folders
+    result = CliRunner().invoke(app, ["cv", "--data", str(image_folder), "--data",
+                                      str(reviews_folder / "reviews")])
+    assert result.exit_code == 2 and "no labels.csv in" in result.output
+
+
+@pytest.fixture(scope="module")
+def views_cv(dicom_folder: Path, reviews_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The view model's CV (grouped folds, three heads, calibration) on a tiny pool: the shared
+    images plus an export-reviews folder, and a DICOM tree; its report lands where ship reads
+    the thresholds from."""
     from training.cv import cross_validate
     from training.report import write_report
 
     runs = tmp_path_factory.mktemp("runs-views")
     out = tmp_path_factory.mktemp("models")
-    result = cross_validate(TINY_VIEWS, XRAY_VIEWS, dicom_folder, WEIGHTS, runs, folds=2,
-                            limit_per_class=PER_CLASS, steady_invokes=3)
+    result = cross_validate(TINY_VIEWS, [XRAY_VIEWS, reviews_folder], dicom_folder, WEIGHTS,
+                            runs, folds=2, limit_per_class=PER_CLASS, steady_invokes=3)
     summary = write_report(result, out / "report")
-    return result, summary, out, runs
+    return result, summary, out, runs, reviews_folder
 
 
 def test_views_cross_validation_reports_regions_coverage_and_thresholds(views_cv) -> None:
-    result, summary, out, _ = views_cv
+    result, summary, out, _, _ = views_cv
     n = len(result.dataset.samples)
+    folders = summary["per_folder"]  # the report says where the films came from
+    assert list(folders)[:2] == ["xray-views", "export"] and list(folders)[2].startswith("dicom:")
+    assert list(folders.values()) == [3 * PER_CLASS, 2, len(DICOM_FILES) + 1]
+    assert summary["reviews_n"] == 2 and summary["per_source"]["reviews"]["n"] == 2
+    assert "2 from reviewers' verdicts" in (out / "report" / "tiny-views.md").read_text()
+    assert {s.patient_id.split("/")[0] for s in result.dataset.samples
+            if s.source == "reviews"} == {"export"}
     assert {s.label for s in result.dataset.samples} == {"frontal", "lateral", "oblique"}
     for probabilities in result.oof.values():
         assert probabilities.shape == (n, 7) and not np.isnan(probabilities).any()
@@ -242,8 +288,8 @@ def test_views_cross_validation_reports_regions_coverage_and_thresholds(views_cv
 def shipped(views_cv, dicom_folder: Path):
     from training.ship import ship
 
-    _, _, out, runs = views_cv
-    manifest = ship(TINY_VIEWS, XRAY_VIEWS, dicom_folder, WEIGHTS, out, runs,
+    _, _, out, runs, reviews_folder = views_cv
+    manifest = ship(TINY_VIEWS, [XRAY_VIEWS, reviews_folder], dicom_folder, WEIGHTS, out, runs,
                     limit_per_class=PER_CLASS, latency_invokes=3)
     return out, manifest
 
@@ -269,6 +315,13 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -
     assert on_disk["calibration"] == views_cv[1]["policy"]["calibration"]
     assert on_disk["preprocessing"] == PREPROCESSING_SPEC
     assert len(on_disk["training_data_sha256"]) == 64
+    data = on_disk["training_data"]  # both folders, and how many came from reviews
+    assert data["images"] == [str(XRAY_VIEWS), str(views_cv[4])] and data["reviews_n"] == 2
+    assert list(data["per_folder"].values()) == [3 * PER_CLASS, 2, len(DICOM_FILES) + 1]
+    parts = [load_image_folder(XRAY_VIEWS, PER_CLASS), load_image_folder(views_cv[4], PER_CLASS),
+             load_dicom_tree(Path(data["dicom"]), PER_CLASS)]
+    assert on_disk["training_data_sha256"] == hashlib.sha256(
+        "".join(p.fingerprint for p in parts).encode()).hexdigest()  # covers every folder
     assert {"tensorflow-cpu", "ai-edge-litert"} <= set(on_disk["versions"])
     assert set(on_disk["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
     assert on_disk["scores"] == "logits"  # no softmax inside the Int8 graph
@@ -293,6 +346,7 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -
     assert "fine_tune" in on_disk["training"]
     card = (out / "README.md").read_text()
     assert "Intended use" in card and "CC BY 4.0" in card and "Against the goals" in card
+    assert "**2 from reviewers' verdicts**" in card and "| reviews | 2 |" in card
     assert on_disk["training_data_sha256"] in card
 
 

@@ -17,13 +17,15 @@ def _pct(value) -> str:
     return "–" if value is None else f"{value * 100:.1f}%"
 
 
-def licences_by_source(images: Path | None) -> dict[str, Counter]:
+def licences_by_source(images: Path | list[Path] | None) -> dict[str, Counter]:
     table: dict[str, Counter] = defaultdict(Counter)
-    if images is None or not (Path(images) / "labels.csv").is_file():
-        return table
-    with open(Path(images) / "labels.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            table[row.get("source") or "unknown"][row.get("licence") or "not stated"] += 1
+    folders = images if isinstance(images, list) else [images] if images is not None else []
+    for folder in folders:
+        if not (Path(folder) / "labels.csv").is_file():
+            continue
+        with open(Path(folder) / "labels.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                table[row.get("source") or "unknown"][row.get("licence") or "not stated"] += 1
     return table
 
 
@@ -122,7 +124,7 @@ def _views_sections(shipped: dict, manifest: dict) -> list[str]:
     return lines
 
 
-def write_card(out_dir: Path, manifest: dict, images: Path | None,
+def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
                latency_invokes: int = 300) -> Path:
     report_dir = out_dir / "report"
     recipe = manifest["recipe"]
@@ -157,6 +159,11 @@ def write_card(out_dir: Path, manifest: dict, images: Path | None,
         + f"), training data sha256 `{manifest['training_data_sha256']}`; {manifest['date']}; "
         f"versions {manifest['versions']}.",
     ]
+    if "per_folder" in data:  # manifests shipped before several data folders: not said
+        folders = ", ".join(f"{n} from `{name}`" for name, n in data["per_folder"].items())
+        lines.append(f"- Data: {folders}; **{data['reviews_n']} from reviewers' verdicts** "
+                     "(source `reviews`: `dicomnode log export-reviews`, the hospital's own "
+                     "films, judged by its reviewers).")
     if views:
         lines += [
             "",
@@ -203,7 +210,7 @@ def write_card(out_dir: Path, manifest: dict, images: Path | None,
         "cleared for production (`python -m training cv` then `ship --dicom /archive` retrains "
         "on a hospital's own files labelled by their ViewPosition).",
         "",
-        "## Data sources and licences (`../shared/data/xray-views`)",
+        "## Data sources and licences (the labels.csv of each data folder)",
         "",
         "| source | images | licence(s) |",
         "|---|---|---|",

@@ -20,9 +20,11 @@ app = typer.Typer(help="Train, cross-validate and ship the AP/LA view classifier
 
 # typer needs Optional[...] at run time on Python 3.10 (PEP 604 unions in Annotated are fine
 # from 3.10, but keep one spelling for all options).
-ImagesOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    help="Labelled image folder with labels.csv (default: $DICOMNODE_SHARED/data/xray-views "
-    "unless --dicom is given).")]
+ImagesOpt = Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045
+    "--data", "--images",
+    help="Labelled image folder with labels.csv (the xray-views layout); repeat for several, "
+    "e.g. --data ../shared/data/xray-views --data reviews/ (an export-reviews folder). Default: "
+    "$DICOMNODE_SHARED/data/xray-views unless --dicom is given.")]
 DicomOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     help="DICOM folder tree, labelled by each file's ViewPosition (AP/PA -> AP, LL/RL -> LA).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
@@ -44,10 +46,16 @@ def main() -> None:
     """Train, cross-validate and ship the AP/LA view classifier (needs the `training` extra)."""
 
 
-def _inputs(images: Path | None, dicom: Path | None) -> tuple[Path | None, Path | None]:
-    if images is None and dicom is None:
-        images = default_images_dir()
-    return images, dicom
+def _inputs(images: list[Path] | None,
+            dicom: Path | None) -> tuple[Path | list[Path] | None, Path | None]:
+    """One folder as itself (its data sha256 as before), several as a list."""
+    if not images:
+        return (default_images_dir() if dicom is None else None), dicom
+    missing = [str(f) for f in images if not (Path(f) / "labels.csv").is_file()]
+    if missing:
+        _fail(f"no labels.csv in {', '.join(missing)} (--data takes folders in the xray-views "
+              "layout)")
+    return (images[0] if len(images) == 1 else list(images)), dicom
 
 
 def _variants(text: str) -> tuple[str, ...]:
@@ -145,8 +153,9 @@ def card(
     """Refresh manifest.json's CV metrics and the model card (README.md) from report/*.json."""
     from training.ship import refresh_card
 
+    folders = _inputs(images, None)[0]
     try:
-        manifest = refresh_card(out, images or default_images_dir())
+        manifest = refresh_card(out, folders)
     except FileNotFoundError as exc:
         _fail(str(exc))
     typer.echo(f"card written; cv_metrics from {manifest['recipe']['name']!r}: "

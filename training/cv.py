@@ -108,8 +108,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cross_validate(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
-                   runs_dir: Path, folds: int = 5, balanced: int | None = None,
+def cross_validate(recipe: Recipe, images: Path | list[Path] | None, dicom: Path | None,
+                   weights: Path, runs_dir: Path, folds: int = 5, balanced: int | None = None,
                    limit_per_class: int | None = None, variants=VARIANTS,
                    steady_invokes: int = 100) -> CVResult:
     import keras

@@ -14,7 +14,7 @@ import csv
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +72,11 @@ class Sample:
     view: str = "unknown"  # AP, PA, LL, RL, LAT or unknown
     region: str = "unknown"  # chest, limbs, spine, skull, abdomen_pelvis, mixed, unknown
     patient_id: str = ""  # grouping key for folds; "" = the sample is its own group
+    folder: str = ""  # the data folder it came from (its name; several: see load_data)
 
     @property
     def group(self) -> str:
-        return self.patient_id or f"sample:{self.path}"
+        return self.patient_id or f"sample:{self.folder}/{self.path}"
 
 
 @dataclass
@@ -175,10 +176,13 @@ def read_labels_csv(root: Path) -> tuple[list[Sample], list[Skipped]]:
     return samples, skipped
 
 
-def load_image_folder(root: Path, limit_per_class: int | None = None) -> Dataset:
-    """labels.csv + images -> Dataset. Unreadable images are skipped with their reason."""
+def load_image_folder(root: Path, limit_per_class: int | None = None,
+                      folder: str | None = None) -> Dataset:
+    """labels.csv + images -> Dataset; each file is resolved against `root`. Unreadable images
+    are skipped with their reason. `folder` names the samples' folder (default: root's name)."""
     root = Path(root)
     samples, skipped = read_labels_csv(root)
+    samples = [replace(s, folder=folder or root.name) for s in samples]
     if limit_per_class is not None:
         samples = _pick_per_class(samples, limit_per_class)
     kept: list[Sample] = []
@@ -234,17 +238,33 @@ def load_dicom_tree(root: Path, limit_per_class: int | None = None) -> Dataset:
         kept.append(Sample(str(path), label, source, body_part.lower() or "unknown",
                            kind="dicom", view=normalise_view(view, label),
                            region=region_of_body_part(body_part),
-                           patient_id=f"dicom:{ds.get('PatientID', '') or path.name}"))
+                           patient_id=f"dicom:{ds.get('PatientID', '') or path.name}",
+                           folder=f"dicom:{root.name}"))
     return Dataset(kept, _stack(arrays), skipped, digest.hexdigest())
+
+
+def folder_names(folders: list[Path]) -> list[str]:
+    """A distinct name per data folder: its own name, else its path (two `reviews` folders)."""
+    names = [Path(f).name for f in folders]
+    return [name if names.count(name) == 1 else str(f) for name, f in zip(names, folders,
+                                                                           strict=True)]
 
 
 def load_data(images: Path | list[Path] | None = None, dicom: Path | None = None,
               limit_per_class: int | None = None) -> Dataset:
-    """Image folders and/or a DICOM tree combined into one Dataset."""
+    """Image folders (each in the xray-views layout, its files resolved against it) and/or a
+    DICOM tree combined into one Dataset; `limit_per_class` applies per folder. With several
+    image folders, patient ids are kept apart per folder (`<folder>/<patient_id>`): the same
+    key in two folders (e.g. two hospitals' plain ids) is not taken for one patient."""
     parts: list[Dataset] = []
     folders = images if isinstance(images, list) else [images] if images is not None else []
-    for folder in folders:
-        parts.append(load_image_folder(folder, limit_per_class))
+    names = folder_names([Path(f) for f in folders])
+    for folder, name in zip(folders, names, strict=True):
+        part = load_image_folder(folder, limit_per_class, name)
+        if len(folders) > 1:
+            part.samples = [replace(s, patient_id=f"{name}/{s.patient_id}" if s.patient_id
+                                    else "") for s in part.samples]
+        parts.append(part)
     if dicom is not None:
         parts.append(load_dicom_tree(dicom, limit_per_class))
     if not parts:
@@ -258,6 +278,23 @@ def load_data(images: Path | list[Path] | None = None, dicom: Path | None = None
         [s for p in parts for s in p.skipped],
         digest,
     )
+
+
+def count_by_folder(samples: list[Sample]) -> dict[str, int]:
+    """Images per data folder, in the order the folders were given."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        counts[sample.folder or "unknown"] = counts.get(sample.folder or "unknown", 0) + 1
+    return counts
+
+
+REVIEWS_SOURCE = "reviews"  # the source of `dicomnode log export-reviews` rows
+
+
+def data_origin(samples: list[Sample]) -> dict:
+    """What a report and the model card say about where the images came from."""
+    return {"per_folder": count_by_folder(samples),
+            "reviews_n": sum(s.source == REVIEWS_SOURCE for s in samples)}
 
 
 def _pick_per_class(samples: list[Sample], limit: int, seed: int = 0) -> list[Sample]:

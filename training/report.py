@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from training.cv import CVResult
-from training.data import LABELS
+from training.data import LABELS, data_origin
 
 PAPER_TABLE = {  # ../shared/paper.md, headline results (5-fold mean)
     "keras": {"size_kb": 11273, "accuracy": 99.5},
@@ -94,6 +94,7 @@ def summarise(cv: CVResult) -> dict:
                              confusion.tolist()},
         "folds": cv.folds,
         "per_class_n": {label: int((y == i).sum()) for i, label in enumerate(LABELS)},
+        **data_origin(samples),
         "per_fold": per_fold_rows(cv),
         "misclassified": misclassified,
         "skipped": [{"path": s.path, "reason": s.reason} for s in cv.skipped],
@@ -106,10 +107,13 @@ def _pct(x: float | None) -> str:
 
 
 def markdown(summary: dict, name: str) -> str:
+    from training.report_views import origin_lines
+
     v = summary["variants"]
     lines = [f"# CV report: recipe `{name}`", "",
              f"Protocol: {summary['protocol']}; images per class {summary['per_class_n']}; "
              f"wall time {summary['wall_time_s']:.0f} s (2 CPU cores, no GPU).", "",
+             *origin_lines(summary),
              "| variant | accuracy (mean ± sd over folds) | out-of-fold | size (KB) | "
              "warm-up (ms) | steady (ms, 1 thread) |",
              "|---|---|---|---|---|---|"]

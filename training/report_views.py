@@ -16,6 +16,7 @@ import numpy as np
 from dicomnode.view_policy import decide_many
 from training.calibrate import calibrate, outcomes, reliability
 from training.cv import CVResult, family_accuracy
+from training.data import data_origin
 
 FAMILY_NAMES = ("frontal", "lateral", "oblique")
 TRUTH_ROWS = ("AP", "PA", "frontal (AP/PA unknown)", "lateral", "oblique")
@@ -151,12 +152,22 @@ def summarise_views(cv: CVResult) -> dict:
         "folds": cv.folds,
         "per_class_n": {f: int((families == i).sum()) for i, f in enumerate(FAMILY_NAMES)},
         "patients": len({s.group for s in samples}),
+        **data_origin(samples),
         "per_fold": per_fold_rows(cv),
         "misclassified": errors,
         "skipped": [{"path": s.path, "reason": s.reason} for s in cv.skipped],
         "training_data_sha256": cv.dataset.fingerprint,
         "wall_time_s": round(cv.wall_time_s, 1),
     }
+
+
+def origin_lines(summary: dict) -> list[str]:
+    """Images per data folder and from reviews (reports made before these fields: none)."""
+    if "per_folder" not in summary:
+        return []
+    folders = ", ".join(f"{n} from `{name}`" for name, n in summary["per_folder"].items())
+    return [f"Data: {folders}; {summary['reviews_n']} from reviewers' verdicts (source "
+            "`reviews`, `dicomnode log export-reviews`).", ""]
 
 
 def _pct(x) -> str:
@@ -210,6 +221,7 @@ def markdown_views(summary: dict, name: str) -> str:
              f"Protocol: {summary['protocol']}; {summary['patients']} patient groups; films per "
              f"family {summary['per_class_n']}; wall time {summary['wall_time_s']:.0f} s "
              "(2 CPU cores, no GPU, every export included).", "",
+             *origin_lines(summary),
              f"Calibration (temperatures, fitted on out-of-fold {summary['reference_variant']} "
              f"outputs): {policy['calibration']}. Write thresholds (most correct writes with "
              f"wrong writes ≤ {policy['max_wrong_write_rate'] * 100:.1f}% of checked writes): "

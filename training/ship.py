@@ -17,7 +17,7 @@ from dicomnode.preprocess import MODEL_SIZE, PREPROCESSING_SPEC, preprocess_file
 from dicomnode.view_policy import CLASSES, HEADS
 from training.cache import load_data_cached
 from training.card import write_card
-from training.data import FAMILIES, LABELS, shared_dir
+from training.data import FAMILIES, LABELS, data_origin, shared_dir
 from training.export import VARIANTS, export_all, representative_images
 from training.features import recipe_features
 from training.fit import train
@@ -54,7 +54,7 @@ def load_cv_metrics(report_dir: Path, recipe_name: str) -> dict:
     return {k: data.get(k) for k in keys}
 
 
-def refresh_card(out_dir: Path, images: Path | None, report_dir: Path | None = None,
+def refresh_card(out_dir: Path, images: Path | list[Path] | None, report_dir: Path | None = None,
                  latency_invokes: int = 300) -> dict:
     """Re-read the CV reports into manifest.json (cv_metrics) and the model card, leaving the
     model files and their hashes alone (CV and ship can run in either order)."""
@@ -111,7 +111,8 @@ def policy_from_report(report_dir: Path, recipe: Recipe, fingerprint: str) -> di
     return report["policy"]
 
 
-def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path, out_dir: Path,
+def ship(recipe: Recipe, images: Path | list[Path] | None, dicom: Path | None, weights: Path,
+         out_dir: Path,
          runs_dir: Path, limit_per_class: int | None = None, variants=VARIANTS,
          report_dir: Path | None = None, latency_invokes: int = 300) -> dict:
     started = time.monotonic()
@@ -175,13 +176,15 @@ def ship(recipe: Recipe, images: Path | None, dicom: Path | None, weights: Path,
         "versions": package_versions(),
         "training_data_sha256": dataset.fingerprint,
         "training_data": {
-            "images": str(images) if images else None,
+            "images": ([str(f) for f in images] if isinstance(images, list)
+                       else str(images) if images else None),
             "dicom": str(dicom) if dicom else None,
             "n": len(y),
             "per_class_n": {f: int((y == i).sum()) for i, f in enumerate(FAMILIES)},
             "ap_pa_known_n": sum(s.view in ("AP", "PA") for s in dataset.samples),
             "patients": len({s.group for s in dataset.samples}),
             "skipped": len(dataset.skipped),
+            **data_origin(dataset.samples),
         },
         "weights_sha256": sha256_file(weights),
         "training": history,

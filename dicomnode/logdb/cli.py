@@ -435,3 +435,42 @@ def web_command(
     finally:
         server.stop()
         store.close()
+
+
+@log_app.command("export-reviews")
+def export_reviews_command(
+    out: Annotated[Path, typer.Option("--out", help="folder for labels.csv and reviews/<label>/")],
+    archive: Annotated[
+        Path | None,
+        typer.Option(help="folder tree of DICOM files, searched by SOP Instance UID for films "
+                          "no longer in the spool"),
+    ] = None,
+    spool: Annotated[
+        Path | None,
+        typer.Option(help="the node's spool, where it is not at the logged spool path"),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Reviewed films (each instance's newest verdict) as training data in the xray-views
+    layout: OUT/reviews/<label>/<name>.jpg and OUT/labels.csv, for `python -m training cv|ship
+    --data ../shared/data/xray-views --data OUT`. Films found nowhere are listed, not fatal."""
+    from dicomnode.logdb.review_export import export_reviews
+
+    if archive is not None and not archive.is_dir():
+        raise fail(f"--archive {archive}: not a folder")
+    store = open_store(db, config)
+    try:
+        result = export_reviews(store, out, archive=archive, spool=spool)
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc}") from None
+    finally:
+        store.close()
+    for row in result.written:
+        typer.echo(f"wrote {row['file']} ({row['label']}, view {row['view']}, region "
+                   f"{row['region']})")
+    for reviewed, why in result.missing:
+        typer.echo(f"missing: instance {reviewed.instance_id} (SOP Instance UID "
+                   f"{reviewed.sop_instance_uid}): {why}")
+    typer.echo(f"{len(result.written)} reviewed films written to {out / 'labels.csv'}; "
+               f"{len(result.missing)} missing")

@@ -48,6 +48,8 @@ class InstanceLogEntry:
     decision_reason: str | None = None  # why nothing was written, or where a value came from
     thresholds: dict | None = None  # {"source": "manifest"|"config", "frontal": …, …}
     decision_key: str | None = None  # the journal key (spool name): one row per decision
+    accession_number: str | None = None  # AccessionNumber (0008,0050), for the auditor
+    body_part_examined: str | None = None  # BodyPartExamined (0018,0015): the reviewed region
 
 
 def discard_rule(routing: dict | None) -> str | None:

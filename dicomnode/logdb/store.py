@@ -218,10 +218,22 @@ class LogStore:
         with self._writing(), self._write_engine.begin() as connection:
             self._upsert_model(connection, sha256, seen, manifest)
 
-    def record_instance(self, entry: InstanceLogEntry) -> int:
-        """Append one decision; return its row id."""
+    def record_instance(self, entry: InstanceLogEntry, preview: bytes | None = None) -> int:
+        """Append one decision (with its preview PNG, if given); return its row id."""
         with self._writing(), self._write_engine.begin() as connection:
-            return self._insert_instance(connection, entry)
+            row_id = self._insert_instance(connection, entry)
+            if preview is not None and entry.decision_key is not None:
+                self._insert_previews(connection, [{"decision_key": entry.decision_key,
+                                                    "at": entry.received_at, "png": preview}])
+            return row_id
+
+    def preview(self, decision_key: str) -> bytes | None:
+        """The preview PNG (the 224x224 model input) kept with a decision, None if there is
+        none (web.previews off, not classified, or purged)."""
+        with self.engine.connect() as connection:
+            png = connection.execute(select(PreviewRow.png).where(
+                PreviewRow.decision_key == decision_key)).scalar_one_or_none()
+        return bytes(png) if png is not None else None
 
     def record_forward(
         self,
@@ -254,15 +266,18 @@ class LogStore:
 
     def record_events(self, events: list[tuple[str, Any]]) -> None:
         """Append many events in one transaction (the journal's batched writer): each
-        ("instance", InstanceLogEntry) | ("forward", kwargs of record_forward) |
-        ("association", kwargs of record_association). Events whose key is in already (a
-        replay) are skipped; decisions go in first, so an attempt in the same batch finds its
-        decision's row. All or nothing: an error rolls back the whole batch."""
-        by_kind: dict[str, list[Any]] = {"instance": [], "forward": [], "association": []}
+        ("instance", InstanceLogEntry) | ("preview", {decision_key, at, png}) |
+        ("forward", kwargs of record_forward) | ("association", kwargs of
+        record_association). Events whose key is in already (a replay) are skipped; decisions
+        go in first, so an attempt in the same batch finds its decision's row. All or nothing:
+        an error rolls back the whole batch."""
+        by_kind: dict[str, list[Any]] = {"instance": [], "preview": [], "forward": [],
+                                         "association": []}
         for kind, value in events:
             by_kind[kind].append(value)
         with self._writing(), self._write_engine.begin() as connection:
             self._insert_instances(connection, by_kind["instance"])
+            self._insert_previews(connection, by_kind["preview"])
             self._insert_forwards(connection, by_kind["forward"])
             self._insert_associations(connection, by_kind["association"])
 
@@ -308,6 +323,20 @@ class LogStore:
             self._upsert_model(connection, sha256, first, None)
             if last != first:
                 self._upsert_model(connection, sha256, last, None)
+
+    def _insert_previews(self, connection, previews: list[dict[str, Any]]) -> None:
+        """Preview PNGs by decision key, each once (a replay finds its preview in already)."""
+        existing = self._existing(connection, PreviewRow.decision_key,
+                                  [p["decision_key"] for p in previews])
+        rows = []
+        for preview in previews:
+            if preview["decision_key"] in existing:
+                continue
+            existing.add(preview["decision_key"])
+            rows.append({"decision_key": preview["decision_key"],
+                         "at": to_utc_naive(preview["at"]), "png": preview["png"]})
+        if rows:
+            connection.execute(insert(PreviewRow), rows)
 
     def _insert_forwards(self, connection, attempts: list[dict[str, Any]]) -> None:
         for attempt in attempts:
