@@ -30,6 +30,9 @@ COLUMNS = (
     "verdict_at", "verdict_note",
 )  # fmt: skip
 BATCH = 500
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): calling
+# AE, patient ID, accession number, body part and the reviewer's note come from outside.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +60,9 @@ def _cell(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list):
-        return ";".join(str(v) for v in value)
+        value = ";".join(str(v) for v in value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value  # shown as text, never evaluated (OWASP's advice for CSV)
     return value
 
 
