@@ -132,7 +132,8 @@ class Node:
         from dicomnode.logdb.retention import start_retention
         from dicomnode.web.server import start_web_from_config
 
-        self.web = start_web_from_config(self.log_store, self.config.web, self.config.log)
+        self.web = start_web_from_config(self.log_store, self.config.web, self.config.log,
+                                         self.config.spool.path)
         self.retention = start_retention(self.log_store, self.config.log)
 
     def _disk_guard(self) -> DiskGuard:

@@ -19,6 +19,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -267,6 +268,43 @@ class Spool:
     def iter_state(self, state: str, dest: str | None = None) -> Iterator[Path]:
         for name in self.names(state, dest):
             yield self.dir(state, dest) / f"{name}.dcm"
+
+
+# A spool name as Spool.new_name makes it (and nothing that could climb out of a folder).
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def locate(spool_root: Path | str, logged_spool_path: str | None,
+           name: str | None = None) -> Path | None:
+    """Where the spool at `spool_root` holds a logged instance now, or None.
+
+    The log keeps the path the pipeline read (processing/NAME.dcm), which is gone once the image
+    moved on; only its NAME is used (or `name`, the decision key, which is the same): NAME.dcm is
+    looked for in incoming/, processing/, outgoing/*/, sent/*/ and failed/*/. Only a regular
+    file, not a symbolic link, whose resolved path lies inside the resolved spool root is
+    returned: a log row naming any other file gets None."""
+    name = name or (Path(logged_spool_path).stem if logged_spool_path else None)
+    if not name or not _NAME.match(name):
+        return None
+    try:
+        root = Path(spool_root).resolve(strict=True)
+    except OSError:
+        return None
+    file_name = f"{name}.dcm"
+    candidates = [root / INCOMING / file_name, root / PROCESSING / file_name]
+    for state in (OUTGOING, SENT, FAILED):
+        folder = root / state
+        if folder.is_dir():
+            candidates += sorted(folder.glob(f"*/{file_name}"))
+    for candidate in candidates:
+        try:
+            if candidate.is_symlink() or not candidate.is_file():
+                continue
+            if candidate.resolve(strict=True).is_relative_to(root):
+                return candidate
+        except OSError:  # moved on while we looked: try the next place
+            continue
+    return None
 
 
 def _dumps(meta: dict[str, Any]) -> bytes:

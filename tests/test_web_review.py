@@ -83,7 +83,8 @@ def review_log(store: LogStore, spool: Path) -> dict[str, int]:
     store.register_model(MODEL_B, {"name": "older view model", "version": "v1",
                                    "date": "2026-01-05T00:00:00+00:00"})  # fmt: skip
     day = datetime(2026, 11, 23, 8, tzinfo=timezone.utc)
-    spooled = spool / "r2.dcm"
+    spooled = spool / "sent" / "PACS" / "k-r2.dcm"  # forwarded: no longer in processing/
+    spooled.parent.mkdir(parents=True)
     spooled.write_bytes(b"\0" * 128 + b"DICM" + b"fake dataset")
     ids["r1"] = insert_decision(store, 100, action="uncertain", label=None, confidence=0.52,
                                 received_at=day, decision_key="k-r1",
@@ -92,7 +93,8 @@ def review_log(store: LogStore, spool: Path) -> dict[str, int]:
     ids["r2"] = insert_decision(store, 101, action="disagrees", label="LAT", confidence=0.9,
                                 received_at=day + timedelta(hours=1), decision_key="k-r2",
                                 accession_number="ACC-1002", body_part_examined="HAND",
-                                spool_path=str(spooled), view_position_before="AP",
+                                spool_path=str(spool / "processing" / "k-r2.dcm"),
+                                view_position_before="AP",
                                 routing={"rules": ["hand-rule"], "destinations": ["PACS"]})
     add_preview(store, "k-r1", 60)
     add_preview(store, "k-r2", 120)
@@ -109,16 +111,17 @@ def review_log(store: LogStore, spool: Path) -> dict[str, int]:
 def review_store(db_url, tmp_path):
     store = LogStore.open(db_url)
     try:
-        ids = review_log(store, tmp_path)
+        ids = review_log(store, tmp_path / "spool")
         yield store, ids
     finally:
         store.close()
 
 
 @pytest.fixture
-def server(review_store):
+def server(review_store, tmp_path):
     store, _ = review_store
-    web = start_web(store, host="127.0.0.1", port=0, reviewers=REVIEWERS)
+    web = start_web(store, host="127.0.0.1", port=0, reviewers=REVIEWERS,
+                    spool_root=str(tmp_path / "spool"))
     try:
         yield web
     finally:
@@ -126,9 +129,10 @@ def server(review_store):
 
 
 @pytest.fixture
-def token_server(review_store):
+def token_server(review_store, tmp_path):
     store, _ = review_store
-    web = start_web(store, host="127.0.0.1", port=0, token=TOKEN, reviewers=REVIEWERS)
+    web = start_web(store, host="127.0.0.1", port=0, token=TOKEN, reviewers=REVIEWERS,
+                    spool_root=str(tmp_path / "spool"))
     try:
         yield web
     finally:
@@ -400,7 +404,7 @@ def test_full_image_only_while_the_spool_holds_it(token_server, review_store, tm
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.headers["Content-Type"] == "application/dicom"
         assert response.read()[128:132] == b"DICM"
-    (tmp_path / "r2.dcm").unlink()
+    (tmp_path / "spool" / "sent" / "PACS" / "k-r2.dcm").unlink()
     client = Browser(token_server.url, bearer)
     assert client.request(f"decision/{ids['r2']}/image")[0] == 404
     _, body, _ = client.request(f"decision/{ids['r2']}")

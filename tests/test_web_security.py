@@ -67,3 +67,57 @@ def test_csv_export_defuses_formulas_and_jsonl_keeps_values(store):
     (line,) = client.get("/export.jsonl", headers=bearer()).text.splitlines()
     values = json.loads(line)
     assert values["calling_ae"] == "=1+1" and values["verdict_note"] == hyperlink
+
+
+# 2. the full image: from the node's spool only, wherever in it the image has moved
+
+
+def spool_with_forwarded(tmp_path, name: str = "00000000000000000007-000001"):
+    spool = tmp_path / "spool"
+    film = spool / "sent" / "PACS" / f"{name}.dcm"
+    film.parent.mkdir(parents=True)
+    (spool / "processing").mkdir()
+    film.write_bytes(b"\0" * 128 + b"DICM forwarded")
+    return spool, film
+
+
+def test_full_image_is_served_from_the_spool_only(store, tmp_path):
+    spool, film = spool_with_forwarded(tmp_path)
+    secret = tmp_path / "secret.pem"
+    secret.write_text("PRIVATE KEY MATERIAL\n")
+    forwarded = insert_decision(store, 1, decision_key=film.stem,
+                                spool_path=str(spool / "processing" / film.name))
+    outside = insert_decision(store, 2, decision_key="k-outside", spool_path=str(secret))
+    (spool / "sent" / "PACS" / "k-link.dcm").symlink_to(secret)  # a link inside the spool
+    linked = insert_decision(store, 3, decision_key="k-link",
+                             spool_path=str(spool / "processing" / "k-link.dcm"))
+    escaping = insert_decision(store, 4, decision_key="../../secret",
+                               spool_path=str(spool / "processing" / "x.dcm"))
+    client = client_for(store, spool_root=str(spool))
+    response = client.get(f"/decision/{forwarded}/image", headers=bearer())
+    assert response.status_code == 200 and response.content == film.read_bytes()
+    assert 'id="full-image"' in client.get(f"/decision/{forwarded}", headers=bearer()).text
+    for row in (outside, linked, escaping):
+        response = client.get(f"/decision/{row}/image", headers=bearer())
+        assert response.status_code == 404 and b"PRIVATE KEY" not in response.content, row
+        assert 'id="full-image"' not in client.get(f"/decision/{row}", headers=bearer()).text
+    # no spool configured: no file at all
+    assert client_for(store).get(f"/decision/{forwarded}/image",
+                                 headers=bearer()).status_code == 404
+
+
+def test_locate_finds_a_name_in_every_spool_state(tmp_path):
+    from dicomnode.spool import locate
+
+    spool, film = spool_with_forwarded(tmp_path)
+    logged = str(tmp_path / "elsewhere" / "processing" / film.name)  # the node ran elsewhere
+    assert locate(spool, logged) == film
+    assert locate(spool, None, film.stem) == film
+    for state in ("incoming", "processing", "outgoing/CT", "failed/_pipeline"):
+        moved = spool / state / film.name
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        film.rename(moved)
+        assert locate(spool, logged) == moved, state
+        film = moved
+    assert locate(spool, str(tmp_path / "nothing.dcm")) is None
+    assert locate(tmp_path / "no-spool", logged) is None

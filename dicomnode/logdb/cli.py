@@ -384,7 +384,7 @@ def load_web_settings(config_path: Path | None) -> dict[str, Any]:
         node_config = load_config(config_path)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    return settings_from_config(node_config.web, node_config.log)
+    return settings_from_config(node_config.web, node_config.log, node_config.spool.path)
 
 
 @log_app.command("web")

@@ -1,9 +1,9 @@
 """`dicomnode log export-reviews`: reviewers' verdicts -> training data in the xray-views layout.
 
 For every instance whose newest verdict exists (verdicts are append-only; the newest counts),
-the film is looked up: the decision's spool file (its logged `spool_path`, else the same spool
-name in the spool's other folders: by the time anyone reviews it, a film has moved from
-processing/ to outgoing/ and sent/), else an archive folder tree searched by SOP Instance UID. It
+the film is looked up: the decision's spool name in the spool's folders (dicomnode.spool.locate:
+by the time anyone reviews it, a film has moved from processing/ to outgoing/ and sent/), else an
+archive folder tree searched by SOP Instance UID. It
 is decoded and windowed by the node's own code (dicomnode.preprocess.dataset_to_grey, behind
 the header checks of dicomnode.pixel_checks), reduced to a long side of at most 512 px and written
 as an 8-bit grey JPEG (quality 92, as the shared xray-views set) to
@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from dicomnode.logdb.models import InstanceRow, VerdictRow
 from dicomnode.logdb.store import LogStore
+from dicomnode.spool import locate
 
 COLUMNS = ("file", "label", "source", "body_part", "licence", "origin", "sha256", "view",
            "patient_id", "region")  # as ../shared/data/xray-views/labels.csv
@@ -62,8 +63,6 @@ REGION_OF_BODY_PART = {
     **dict.fromkeys(("ABDOMEN", "PELVIS", "ABDOMENPELVIS", "HIP", "SIJOINT", "KUB", "BLADDER"),
                     "abdomen_pelvis"),
 }
-# Where a decision's spool name may be found once it left processing/ (dicomnode.spool).
-SPOOL_STATES = ("incoming", "processing", "outgoing", "sent", "failed")
 
 
 def region_of(body_part: str | None) -> str:
@@ -120,23 +119,17 @@ def reviewed_instances(store: LogStore) -> list[Reviewed]:
     return list(newest.values())
 
 
-def spool_candidates(row: Reviewed, spool: Path | None) -> Iterator[Path]:
-    """The decision's file as logged, then its spool name in the spool's other folders (the
-    logged spool's, or `spool` where the export runs elsewhere)."""
-    if row.spool_path:
-        yield Path(row.spool_path)
-    name = row.decision_key or (Path(row.spool_path).stem if row.spool_path else None)
-    if not name:
-        return
+def find_in_spool(row: Reviewed, spool: Path | None) -> Path | None:
+    """The decision's film where a spool holds it now (dicomnode.spool.locate): in `spool`
+    where the export runs elsewhere, else in the spool the logged path belongs to."""
     roots = [spool] if spool is not None else []
     if row.spool_path:
         roots.append(Path(row.spool_path).parent.parent)  # <spool>/processing/NAME.dcm
     for root in roots:
-        for state in SPOOL_STATES:
-            folder = root / state
-            yield folder / f"{name}.dcm"
-            if folder.is_dir():
-                yield from sorted(folder.glob(f"*/{name}.dcm"))  # outgoing/<dest>/, sent/...
+        found = locate(root, row.spool_path, row.decision_key)
+        if found is not None:
+            return found
+    return None
 
 
 class ArchiveIndex:
@@ -219,7 +212,7 @@ def export_reviews(store: LogStore, out: Path, archive: Path | None = None,
             result.missing.append((row, f"unknown true view {row.true_view!r}"))
             continue
         label, view = LABEL_OF_TRUE_VIEW[row.true_view]
-        source = next((p for p in spool_candidates(row, spool) if p.is_file()), None)
+        source = find_in_spool(row, spool)
         if source is None:
             source = archive_index.find(row.sop_instance_uid)
         if source is None:

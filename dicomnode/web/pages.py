@@ -13,6 +13,7 @@ from starlette.responses import FileResponse, Response
 from dicomnode.logdb import review
 from dicomnode.logdb.query import count_instances, find_instances, study_detail, summarise
 from dicomnode.logdb.store import LogStore
+from dicomnode.spool import locate
 from dicomnode.web.filters import (
     FILTER_FIELDS,
     SUMMARY_FIELDS,
@@ -79,13 +80,13 @@ def study(request: Request) -> Response:
                   instances=detail["instances"], first=detail["instances"][0])
 
 
-def spooled_file(row: dict[str, Any]) -> Path | None:
-    """The received file while the spool still holds it."""
-    path = row.get("spool_path")
-    if not path:
+def spooled_file(request: Request, row: dict[str, Any]) -> Path | None:
+    """The received file while the node's spool still holds it (wherever in the spool it has
+    moved); never a file outside the spool, whatever the row's spool_path says."""
+    root = settings_of(request).spool_root
+    if root is None:
         return None
-    candidate = Path(path)
-    return candidate if candidate.is_file() else None
+    return locate(root, row.get("spool_path"), row.get("decision_key"))
 
 
 def decision(request: Request) -> Response:
@@ -99,7 +100,7 @@ def decision(request: Request) -> Response:
     row["not_attempted"] = detail.get("not_attempted", [])
     return render(request, "decision.html", title="Decision", row=row,
                   history=review.verdict_history(store, row["id"]),
-                  has_file=spooled_file(row) is not None,
+                  has_file=spooled_file(request, row) is not None,
                   saved=request.query_params.get("saved") == "1")  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def preview(request: Request) -> Response:
 
 async def image(request: Request) -> Response:
     row = await run_in_threadpool(review.instance, store_of(request), request.path_params["id"])
-    path = spooled_file(row) if row else None
+    path = await run_in_threadpool(spooled_file, request, row) if row else None
     if path is None:
         return message(request, 404, "File gone", "The spool no longer holds this image.")
     name = f"{row['sop_instance_uid']}.dcm"

@@ -111,11 +111,14 @@ def _check_tls(settings: WebSettings) -> None:
 def start_web(store: LogStore, host: str = "127.0.0.1", port: int = 8480,
               token: str | None = None, patient_form: str = "plain", patient_salt: str = "",
               reviewers: dict[str, str] | None = None, session_secret: str | None = None,
-              tls_cert: str | None = None, tls_key: str | None = None) -> WebServer:
-    """Serve the view on host:port (port 0: any free port) in a background thread."""
+              tls_cert: str | None = None, tls_key: str | None = None,
+              spool_root: str | None = None) -> WebServer:
+    """Serve the view on host:port (port 0: any free port) in a background thread; full images
+    come from the spool at spool_root only (none without one)."""
     settings = WebSettings(host=host, port=port, token=token, reviewers=dict(reviewers or {}),
                            session_secret=session_secret, tls_cert=tls_cert, tls_key=tls_key,
-                           patient_form=patient_form, patient_salt=patient_salt)  # fmt: skip
+                           patient_form=patient_form, patient_salt=patient_salt,
+                           spool_root=spool_root)  # fmt: skip
     _check_tls(settings)
     if settings.secret_generated and settings.reviewers:
         log.warning("web view: no web.session_secret configured; a random one signs sessions "
@@ -123,7 +126,8 @@ def start_web(store: LogStore, host: str = "127.0.0.1", port: int = 8480,
     return WebServer(store, settings, _bind(host, port)).start()
 
 
-def settings_from_config(web_config: Any, log_config: Any) -> dict[str, Any]:
+def settings_from_config(web_config: Any, log_config: Any,
+                         spool_path: Any = None) -> dict[str, Any]:
     return {
         "host": web_config.host, "port": web_config.port, "token": web_config.token,
         "reviewers": {r.name: r.password_hash for r in getattr(web_config, "reviewers", [])},
@@ -132,11 +136,14 @@ def settings_from_config(web_config: Any, log_config: Any) -> dict[str, Any]:
         "tls_key": getattr(web_config, "tls_key", None),
         "patient_form": getattr(log_config, "patient_id", "plain"),
         "patient_salt": getattr(log_config, "patient_id_salt", ""),
+        "spool_root": str(spool_path) if spool_path is not None else None,
     }  # fmt: skip
 
 
-def start_web_from_config(store: LogStore, web_config: Any, log_config: Any) -> WebServer | None:
-    """For the node: start the view if `web.enabled`, with the log's patient ID form."""
+def start_web_from_config(store: LogStore, web_config: Any, log_config: Any,
+                          spool_path: Any = None) -> WebServer | None:
+    """For the node: start the view if `web.enabled`, with the log's patient ID form and the
+    node's spool (where full images are served from)."""
     if not getattr(web_config, "enabled", False):
         return None
-    return start_web(store, **settings_from_config(web_config, log_config))
+    return start_web(store, **settings_from_config(web_config, log_config, spool_path))

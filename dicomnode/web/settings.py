@@ -48,6 +48,7 @@ class WebSettings:
     tls_key: str | None = None
     patient_form: str = "plain"
     patient_salt: str = ""
+    spool_root: str | None = None  # the node's spool: full images are served from it alone
     secret_generated: bool = False
 
     def __post_init__(self) -> None:
