@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 
 import pytest
@@ -121,3 +122,47 @@ def test_locate_finds_a_name_in_every_spool_state(tmp_path):
         film = moved
     assert locate(spool, str(tmp_path / "nothing.dcm")) is None
     assert locate(tmp_path / "no-spool", logged) is None
+
+
+# 3. no patient data in logs: the 500 path logs one line, SQL errors hide their parameters
+
+
+def test_a_failing_request_logs_one_line_without_values_or_traceback(store, caplog):
+    import urllib.error
+    import urllib.request
+
+    from sqlalchemy import text
+
+    from dicomnode.web.server import start_web
+
+    insert_decision(store, 1)
+    with store.engine.begin() as connection:  # every query of the search page now fails
+        connection.execute(text("ALTER TABLE instances RENAME TO instances_gone"))
+    caplog.set_level(logging.DEBUG)
+    web = start_web(store, port=0, token=TOKEN)
+    try:
+        request = urllib.request.Request(web.url + "?patient=PATIENT-ID-4711&study=1.2.3.4711",
+                                         headers=bearer())  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(request, timeout=30)
+        assert failed.value.code == 500 and b"4711" not in failed.value.read()
+    finally:
+        web.stop()
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''} {r.exc_info or ''}"
+                       for r in caplog.records)  # fmt: skip
+    assert "4711" not in logged and "Traceback" not in logged, logged
+    (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.getMessage() == "web view: GET / failed: OperationalError" and not line.exc_info
+
+
+def test_sql_errors_hide_bound_parameters(store):
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicomnode.logdb.models import InstanceRow
+
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE instances RENAME TO instances_gone")
+    with pytest.raises(SQLAlchemyError) as failed, store.engine.connect() as connection:
+        connection.execute(select(InstanceRow).where(InstanceRow.patient_id == "PATIENT-4711"))
+    assert "PATIENT-4711" not in str(failed.value)

@@ -103,11 +103,14 @@ def set_wal_mode(cursor: sqlite3.Cursor) -> None:
 
 
 def build_engine(url: str) -> Engine:
+    """The log's engine. hide_parameters: SQLAlchemy's error messages would otherwise carry the
+    statement's bound values (patient IDs, accession numbers) into whatever logs them."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     in_memory = sqlite_file(url) is None
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False},
+                              "hide_parameters": True}
     if in_memory:  # one shared connection, or each thread would see its own empty database
         kwargs["poolclass"] = StaticPool
     engine = create_engine(url, **kwargs)

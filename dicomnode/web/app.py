@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import logging
-
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dicomnode.logdb.store import LogStore
 from dicomnode.web import auth, export, pages, review
-from dicomnode.web.headers import SecurityHeadersMiddleware, security_headers
+from dicomnode.web.errors import error_handler
+from dicomnode.web.headers import SecurityHeadersMiddleware
 from dicomnode.web.render import STATIC_DIR, message
 from dicomnode.web.settings import WebSettings
 
-log = logging.getLogger(__name__)
 SESSION_COOKIE = "dicomnode_session"
 
 
 async def forbidden(request: Request, exc: Exception) -> Response:
     return message(request, 403, "Forbidden", str(exc))
-
-
-def error_handler(tls: bool):
-    async def server_error(request: Request, exc: Exception) -> Response:
-        # the page says so; the server stays up for the next request. No details: patient data
-        log.error("web view: %s failed: %s", request.url.path.split("/")[1:2], type(exc).__name__)
-        body = ("<!doctype html><title>Error</title><h1>Error</h1>"
-                "<p class=error>The log query failed.</p>")  # fmt: skip
-        return HTMLResponse(body, status_code=500,
-                            headers=security_headers(request.url.path, tls))  # fmt: skip
-
-    return server_error
 
 
 def build_app(store: LogStore, settings: WebSettings) -> Starlette:

@@ -16,6 +16,7 @@ import uvicorn
 
 from dicomnode.logdb.store import LogStore
 from dicomnode.web.app import build_app
+from dicomnode.web.errors import QuietErrors
 from dicomnode.web.settings import WebConfigError, WebSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class WebServer:
         self.settings = settings
         self.socket = sock
         config = uvicorn.Config(
-            build_app(store, settings),
+            QuietErrors(build_app(store, settings)),
             lifespan="off",
             access_log=False,  # why: request lines carry UIDs and patient IDs
             log_config=None,  # the node's logging stays as configured
