@@ -251,6 +251,9 @@ class WebConfig(_Strict):
     session_secret: str | None = None
     tls_cert: str | None = None  # PEM certificate (chain); needed beyond loopback
     tls_key: str | None = None  # its PEM private key
+    # A signed-in session (reviewer, or a reader's ?token= session) ends after this many minutes
+    # without a request.
+    session_idle_min: float = Field(30.0, gt=0, le=24 * 60)
 
     @field_validator("token")
     @classmethod

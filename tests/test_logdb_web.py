@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from dicomnode.logdb.store import LogStore
-from dicomnode.web.auth import SESSION_S
 from dicomnode.web.server import start_web
+from dicomnode.web.sessions import SESSION_S
 from dicomnode.web.settings import WebConfigError
 from tests.logdb_helpers import STUDY_A, populate
 

@@ -3,6 +3,7 @@ client against the real app and a real SQLite log) unless the real server is nee
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -166,3 +167,186 @@ def test_sql_errors_hide_bound_parameters(store):
     with pytest.raises(SQLAlchemyError) as failed, store.engine.connect() as connection:
         connection.execute(select(InstanceRow).where(InstanceRow.patient_id == "PATIENT-4711"))
     assert "PATIENT-4711" not in str(failed.value)
+
+
+# 4. login: off the event loop, throttled, each failure logged
+
+
+def test_failed_logins_lock_the_name_and_the_peer_out_and_are_logged(store, caplog):
+    caplog.set_level(logging.INFO, logger="dicomnode.web")
+    client = client_for(store, reviewers={**REVIEWERS, "bo": REVIEWERS["ana"]})
+    for attempt in range(5):
+        assert login(client, f"wrong password {attempt}").status_code == 401
+    refused = login(client)  # the right password, but locked out now
+    assert refused.status_code == 429 and "Too many failed logins" in refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert login(client, name="bo").status_code == 429  # the same peer, another name
+    failures = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
+    assert failures == ["web view: failed login for 'ana' from testclient"] * 5
+    assert all(r.levelno == logging.WARNING for r in caplog.records
+               if "login" in r.getMessage())  # fmt: skip
+    assert "wrong password" not in caplog.text and PASSWORD not in caplog.text
+    throttle = client.app.state.throttle
+    later = throttle.clock() + 61
+    throttle.clock = lambda: later  # the minute is over
+    assert login(client).status_code == 303
+
+
+def test_login_does_not_block_other_requests(store, monkeypatch):
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from dicomnode.web import auth
+    from dicomnode.web.server import start_web
+
+    def slow_verify(password: str, stored: str) -> bool:
+        time.sleep(1.5)
+        return False
+
+    monkeypatch.setattr(auth, "verify_password", slow_verify)
+    web = start_web(store, port=0, reviewers=REVIEWERS)
+    try:
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        page = opener.open(web.url + "login", timeout=30).read().decode()
+        form = urllib.parse.urlencode({"csrf": csrf_of(page), "name": "ana",
+                                       "password": "x" * 12}).encode()  # fmt: skip
+        slow = threading.Thread(target=lambda: _swallow(opener, web.url + "login", form))
+        slow.start()
+        time.sleep(0.3)  # the login is verifying now
+        started = time.monotonic()
+        with urllib.request.urlopen(web.url + "login", timeout=30) as response:
+            assert response.status == 200
+        assert time.monotonic() - started < 1.0  # served while the password was checked
+        slow.join(timeout=30)
+    finally:
+        web.stop()
+
+
+def _swallow(opener, url: str, data: bytes) -> None:
+    import urllib.error
+
+    with contextlib.suppress(urllib.error.HTTPError):
+        opener.open(url, data=data, timeout=30).read()
+
+
+# 5. scrypt at OWASP's cost; weaker stored hashes refused
+
+
+def test_weak_password_hashes_are_refused_at_config_load():
+    from dicomnode.config import ConfigError
+    from dicomnode.config_file import parse_config
+    from dicomnode.web.passwords import parse_hash
+    from dicomnode.web.settings import WebConfigError
+
+    assert parse_hash(REVIEWERS["ana"])[:3] == (2**14, 8, 5)
+    weak = REVIEWERS["ana"].replace("scrypt$16384$8$5$", "scrypt$1024$1$1$")
+    p1 = REVIEWERS["ana"].replace("scrypt$16384$8$5$", "scrypt$16384$8$1$")
+    for stored in (weak, p1):
+        with pytest.raises(ConfigError, match="dicomnode web hash-password"):
+            parse_config(f"web:\n  reviewers:\n    - {{name: bo, password_hash: \"{stored}\"}}\n")
+        with pytest.raises(WebConfigError, match="minimum cost"):
+            WebSettings(reviewers={"bo": stored})
+    strong = REVIEWERS["ana"].replace("scrypt$16384$8$5$", "scrypt$131072$8$1$")
+    assert parse_hash(strong)[:3] == (2**17, 8, 1)  # OWASP's first choice is accepted
+
+
+# 6. sessions: revoked at logout, idle limit, bound to the stored password hash
+
+
+def verdict_rows(store: LogStore) -> int:
+    from sqlalchemy import func, select
+
+    from dicomnode.logdb.models import VerdictRow
+
+    with store.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(VerdictRow)).scalar_one()
+
+
+def post_verdict(client: TestClient, row: int, csrf: str, html: bool = False):
+    headers = {"Accept": "text/html,application/xhtml+xml"} if html else {}
+    return client.post(f"/decision/{row}/verdict", headers=headers, follow_redirects=False,
+                       data={"csrf": csrf, "verdict": "wrong", "true_view": "PA"})  # fmt: skip
+
+
+def signed_in(store: LogStore, **settings) -> tuple[TestClient, int, str]:
+    row = insert_decision(store, 1)
+    client = client_for(store, **settings)
+    assert login(client).status_code == 303
+    return client, row, csrf_of(client.get(f"/decision/{row}").text)
+
+
+def test_a_cookie_copied_before_logout_is_dead_after_it(store):
+    client, row, csrf = signed_in(store)
+    stolen = client.cookies.get("dicomnode_session")
+    assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    replay = TestClient(client.app, base_url=BASE, cookies={"dicomnode_session": stolen})
+    assert post_verdict(replay, row, csrf).status_code == 401
+    response = post_verdict(replay, row, csrf, html=True)  # a browser: to the login page
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/login?next=%2Fdecision%2F{row}"
+    assert verdict_rows(store) == 0
+
+
+def test_an_idle_session_ends(store):
+    client, row, csrf = signed_in(store, session_idle_min=1)
+    sessions = client.app.state.sessions
+    start = sessions.clock()
+    sessions.clock = lambda: start + 50  # used within the minute: still live, and touched
+    assert 'id="reviewer">ana<' in client.get("/review").text
+    sessions.clock = lambda: start + 100  # 50 s since the last request: live
+    assert 'id="reviewer">ana<' in client.get("/review").text
+    sessions.clock = lambda: start + 170  # 70 s idle
+    assert post_verdict(client, row, csrf).status_code == 401
+    assert verdict_rows(store) == 0
+    assert 'id="reviewer"' not in client.get("/login").text
+
+
+def test_a_changed_password_ends_the_session(store):
+    secret = "session-secret-for-tests-0123456789abcdef"
+    client, row, csrf = signed_in(store, session_secret=secret)
+    cookie = client.cookies.get("dicomnode_session")
+    same_hash = client_for(store, session_secret=secret)  # a restart with the same config
+    same_hash.cookies.set("dicomnode_session", cookie)
+    assert 'id="reviewer">ana<' in same_hash.get("/review").text
+    changed = client_for(store, session_secret=secret,
+                         reviewers={"ana": hash_password("a new password here")})
+    changed.cookies.set("dicomnode_session", cookie)
+    assert post_verdict(changed, row, csrf).status_code == 401 and verdict_rows(store) == 0
+
+
+# 9. the reader's session holds a keyed fingerprint of the token, not a plain hash
+
+
+def test_reader_cookie_fingerprint_is_keyed_with_the_session_secret(store):
+    import base64
+    import hashlib
+
+    values = []
+    for secret in ("first-session-secret-0123456789abcdef", "other-session-secret-0123456789ab"):
+        client = client_for(store, session_secret=secret)
+        assert client.get(f"/?token={TOKEN}").status_code == 200
+        payload = client.cookies.get("dicomnode_session").split(".")[0]
+        session = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+        values.append(session["reader"])
+        assert client.get("/").status_code == 200  # the session alone reads on
+    plain = hashlib.sha256(b"dicomnode-web-reader:" + TOKEN.encode()).hexdigest()
+    assert values[0] != values[1] and not {plain[:24], plain} & set(values)
+
+
+# 11. a verdict posted after the session ended: a browser is sent to log in again
+
+
+def test_expired_session_verdict_redirects_a_browser_to_login(store):
+    for settings in ({}, {"token": None}):  # with a token (nobody), loopback (a reader)
+        client, row, csrf = signed_in(store, **settings)
+        sessions = client.app.state.sessions
+        later = sessions.clock() + 31 * 60
+        sessions.clock = lambda later=later: later
+        response = post_verdict(client, row, csrf, html=True)
+        assert response.status_code == 303, settings
+        assert response.headers["location"] == f"/login?next=%2Fdecision%2F{row}"
+        assert f'name="next" value="/decision/{row}"' in client.get(
+            response.headers["location"]).text
+        assert verdict_rows(store) == 0

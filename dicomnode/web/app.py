@@ -12,10 +12,13 @@ from starlette.staticfiles import StaticFiles
 
 from dicomnode.logdb.store import LogStore
 from dicomnode.web import auth, export, pages, review
+from dicomnode.web.csrf import Forbidden
 from dicomnode.web.errors import error_handler
 from dicomnode.web.headers import SecurityHeadersMiddleware
 from dicomnode.web.render import STATIC_DIR, message
+from dicomnode.web.sessions import SESSION_S, SessionRegistry
 from dicomnode.web.settings import WebSettings
+from dicomnode.web.throttle import LoginThrottle
 
 SESSION_COOKIE = "dicomnode_session"
 
@@ -25,6 +28,7 @@ async def forbidden(request: Request, exc: Exception) -> Response:
 
 
 def build_app(store: LogStore, settings: WebSettings) -> Starlette:
+    sessions = SessionRegistry(settings)
     routes = [
         Route("/", pages.search),
         Route("/summary", pages.summary),
@@ -43,13 +47,15 @@ def build_app(store: LogStore, settings: WebSettings) -> Starlette:
     middleware = [
         Middleware(SecurityHeadersMiddleware, tls=settings.tls),
         Middleware(SessionMiddleware, secret_key=settings.session_secret,
-                   session_cookie=SESSION_COOKIE, max_age=auth.SESSION_S, same_site="strict",
+                   session_cookie=SESSION_COOKIE, max_age=SESSION_S, same_site="strict",
                    https_only=settings.tls),
-        Middleware(auth.AuthMiddleware, settings=settings),
+        Middleware(auth.AuthMiddleware, settings=settings, sessions=sessions),
     ]
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={auth.Forbidden: forbidden,
+                    exception_handlers={Forbidden: forbidden,
                                         Exception: error_handler(settings.tls)})  # fmt: skip
     app.state.store = store
     app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.throttle = LoginThrottle()
     return app

@@ -11,7 +11,12 @@ import hashlib
 import hmac
 import secrets
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB, ~50 ms: OWASP's scrypt minimum and more
+# OWASP's Password Storage Cheat Sheet lists N=2^17 r=8 p=1 and equivalents down to N=2^13 r=8
+# p=10; this is one of them: 16 MiB (fine on a Jetson), about 5x the time of p=1 (some 300 ms).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 5
+# A stored hash must cost at least this much (N*r*p, with N >= 2^13 and r >= 8): weaker ones,
+# made by hand or by an older version, are refused when the config is loaded.
+MIN_COST = 2**14 * 8 * 5
 SALT_BYTES, HASH_BYTES = 16, 32
 MIN_PASSWORD_LENGTH = 10
 
@@ -50,6 +55,10 @@ def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
     except ValueError:
         raise ValueError("password_hash is not of the form scrypt$N$r$p$salt$hash (make one with "
                          "`dicomnode web hash-password`)") from None
+    if n < 2**13 or r < 8 or n * r * p < MIN_COST:
+        raise ValueError(f"password_hash: scrypt N={n} r={r} p={p} is below the minimum cost "
+                         f"(N={SCRYPT_N} r={SCRYPT_R} p={SCRYPT_P}, as OWASP advises); make a new "
+                         "hash with `dicomnode web hash-password`")
     return n, r, p, salt, digest
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from dicomnode.logdb.models import TRUE_VIEWS, VERDICTS
+from dicomnode.web.csrf import csrf_token
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -61,14 +61,6 @@ def _environment() -> jinja2.Environment:
 
 
 templates = Jinja2Templates(env=_environment())
-
-
-def csrf_token(request: Request) -> str:
-    """The session's CSRF token (made on first use); forms send it back in the `csrf` field."""
-    token = request.session.get("csrf")
-    if not token:
-        token = request.session["csrf"] = secrets.token_urlsafe(32)
-    return token
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:

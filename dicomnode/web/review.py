@@ -8,7 +8,8 @@ from starlette.responses import RedirectResponse, Response
 
 from dicomnode.logdb import review
 from dicomnode.logdb.models import TRUE_VIEWS, VERDICTS
-from dicomnode.web.auth import checked_form
+from dicomnode.web.auth import to_login, wants_html
+from dicomnode.web.csrf import checked_form
 from dicomnode.web.filters import BadRequest
 from dicomnode.web.pages import log_filter_of, params_of, store_of
 from dicomnode.web.render import message, render
@@ -34,6 +35,9 @@ def queue(request: Request) -> Response:
 
 
 async def record_verdict(request: Request) -> Response:
+    user = request.state.user
+    if not (user and user.reviewer) and wants_html(request):  # the session ended: log in again
+        return to_login(f"/decision/{request.path_params['id']}")
     form = await checked_form(request)  # reviewers only, CSRF checked: 403 otherwise
     instance_id = request.path_params["id"]
     verdict, true_view = form.get("verdict", ""), form.get("true_view", "")

@@ -113,13 +113,13 @@ def start_web(store: LogStore, host: str = "127.0.0.1", port: int = 8480,
               token: str | None = None, patient_form: str = "plain", patient_salt: str = "",
               reviewers: dict[str, str] | None = None, session_secret: str | None = None,
               tls_cert: str | None = None, tls_key: str | None = None,
-              spool_root: str | None = None) -> WebServer:
+              spool_root: str | None = None, session_idle_min: float = 30.0) -> WebServer:
     """Serve the view on host:port (port 0: any free port) in a background thread; full images
     come from the spool at spool_root only (none without one)."""
     settings = WebSettings(host=host, port=port, token=token, reviewers=dict(reviewers or {}),
                            session_secret=session_secret, tls_cert=tls_cert, tls_key=tls_key,
                            patient_form=patient_form, patient_salt=patient_salt,
-                           spool_root=spool_root)  # fmt: skip
+                           spool_root=spool_root, session_idle_min=session_idle_min)  # fmt: skip
     _check_tls(settings)
     if settings.secret_generated and settings.reviewers:
         log.warning("web view: no web.session_secret configured; a random one signs sessions "
@@ -138,6 +138,7 @@ def settings_from_config(web_config: Any, log_config: Any,
         "patient_form": getattr(log_config, "patient_id", "plain"),
         "patient_salt": getattr(log_config, "patient_id_salt", ""),
         "spool_root": str(spool_path) if spool_path is not None else None,
+        "session_idle_min": getattr(web_config, "session_idle_min", 30.0),
     }  # fmt: skip
 
 

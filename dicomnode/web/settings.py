@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from dicomnode.addresses import is_loopback
 from dicomnode.security import MIN_SECRET_LENGTH
+from dicomnode.web.passwords import parse_hash
 
 
 class WebConfigError(ValueError):
@@ -49,6 +50,7 @@ class WebSettings:
     patient_form: str = "plain"
     patient_salt: str = ""
     spool_root: str | None = None  # the node's spool: full images are served from it alone
+    session_idle_min: float = 30.0  # a signed-in session ends after this long without a request
     secret_generated: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +60,13 @@ class WebSettings:
                                  "characters (e.g. python -c 'import secrets; "
                                  "print(secrets.token_urlsafe(24))')")
         check_exposure(self.host, self.token, bool(self.reviewers), self.tls_cert, self.tls_key)
+        for name, stored in self.reviewers.items():
+            try:
+                parse_hash(stored)
+            except ValueError as exc:
+                raise WebConfigError(f"web.reviewers {name}: {exc}") from None
+        if self.session_idle_min <= 0:
+            raise WebConfigError("web.session_idle_min: a positive number of minutes")
         if not self.session_secret:
             self.session_secret = secrets.token_urlsafe(32)
             self.secret_generated = True
