@@ -350,3 +350,35 @@ def test_expired_session_verdict_redirects_a_browser_to_login(store):
         assert f'name="next" value="/decision/{row}"' in client.get(
             response.headers["location"]).text
         assert verdict_rows(store) == 0
+
+
+# 7. who saw what: one access line per decision, study, image, preview and export
+
+
+def test_access_lines_name_user_route_rows_and_peer_never_patient_data(store, tmp_path, caplog):
+    from tests.test_web_review import add_preview
+
+    spool, film = spool_with_forwarded(tmp_path)
+    row = insert_decision(store, 1, decision_key=film.stem, patient_id="PATIENT-4711",
+                          accession_number="ACC-4711")
+    insert_decision(store, 2, patient_id="PATIENT-4711")
+    add_preview(store, film.stem, 90)
+    caplog.set_level(logging.INFO, logger="dicomnode.web.access")
+    client = client_for(store, spool_root=str(spool))
+    for path in (f"/decision/{row}", f"/decision/{row}/image", f"/preview/{film.stem}",
+                 "/export.csv?patient=PATIENT-4711"):
+        assert client.get(path, headers=bearer()).status_code == 200, path
+    assert login(client).status_code == 303
+    study = client.get(f"/decision/{row}").text.split('href="/study/')[1].split('"')[0]
+    assert client.get(f"/study/{study}").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "dicomnode.web.access"]
+    assert lines == [
+        f"web access: reader GET /decision/{{id:int}} (id {row}) from testclient",
+        f"web access: reader GET /decision/{{id:int}}/image (id {row}) from testclient",
+        f"web access: reader GET /preview/{{key}} (key {film.stem}) from testclient",
+        "web access: reader GET /export.{kind:str} (2 rows) from testclient",
+        f"web access: ana GET /decision/{{id:int}} (id {row}) from testclient",
+        "web access: ana GET /study/{uid:path} (2 decisions) from testclient",
+    ]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name.endswith("access"))
+    assert "4711" not in caplog.text and study not in caplog.text

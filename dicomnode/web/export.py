@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from dicomnode.logdb import review
 from dicomnode.logdb.query import iter_instances
 from dicomnode.logdb.store import LogStore
+from dicomnode.web.access import counted
 from dicomnode.web.filters import BadRequest
 from dicomnode.web.pages import log_filter_of, store_of
 from dicomnode.web.render import message
@@ -93,11 +94,11 @@ def export(request: Request) -> Response:
         log_filter = log_filter_of(request)
     except BadRequest as exc:
         return message(request, 400, "Export", str(exc))
-    values = rows(store_of(request), log_filter)
+    values = counted(request, rows(store_of(request), log_filter))
     if kind == "csv":
         body, media = as_csv(values), "text/csv; charset=utf-8"
     else:
         body, media = as_jsonl(values), "application/x-ndjson"
-    name = f"dicomnode-log.{'csv' if kind == 'csv' else 'jsonl'}"
+    name = f"dicomnode-log.{kind}"
     return StreamingResponse(body, media_type=media,
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -14,6 +14,7 @@ from dicomnode.logdb import review
 from dicomnode.logdb.query import count_instances, find_instances, study_detail, summarise
 from dicomnode.logdb.store import LogStore
 from dicomnode.spool import locate
+from dicomnode.web.access import record
 from dicomnode.web.filters import (
     FILTER_FIELDS,
     SUMMARY_FIELDS,
@@ -76,6 +77,7 @@ def study(request: Request) -> Response:
     if not detail["instances"]:
         return message(request, 404, "Study not found", f"No instances logged for {uid}.")
     review.annotate(store, detail["instances"])
+    record(request, f"{len(detail['instances'])} decisions")
     return render(request, "study.html", title="Study", study_uid=uid,
                   instances=detail["instances"], first=detail["instances"][0])
 
@@ -96,6 +98,7 @@ def decision(request: Request) -> Response:
         return message(request, 404, "Decision not found", "No such decision in the log.")
     same_study = study_detail(store, row["study_instance_uid"] or "")["instances"]
     detail = next((r for r in same_study if r["id"] == row["id"]), {})
+    record(request, f"id {row['id']}")
     row["attempts"] = detail.get("attempts", [])
     row["not_attempted"] = detail.get("not_attempted", [])
     return render(request, "decision.html", title="Decision", row=row,
@@ -108,6 +111,7 @@ def preview(request: Request) -> Response:
     png = review.preview_png(store_of(request), request.path_params["key"])
     if png is None:
         return Response("no preview", status_code=404, media_type="text/plain")
+    record(request, f"key {request.path_params['key']}")
     return Response(png, media_type="image/png")
 
 
@@ -116,6 +120,7 @@ async def image(request: Request) -> Response:
     path = await run_in_threadpool(spooled_file, request, row) if row else None
     if path is None:
         return message(request, 404, "File gone", "The spool no longer holds this image.")
+    record(request, f"id {row['id']}")
     name = f"{row['sop_instance_uid']}.dcm"
     return FileResponse(path, media_type="application/dicom", filename=name)
 
