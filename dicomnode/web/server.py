@@ -22,6 +22,10 @@ from dicomnode.web.settings import WebConfigError, WebSettings
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 GRACEFUL_S = 5
+# Forward-secret AEAD suites only, whatever the installed uvicorn's default (older ones offered
+# "TLSv1"): TLS 1.0 and 1.1 have none of them, so TLS 1.2 is the floor; TLS 1.3's own suites
+# are all AEAD and stay on.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class WebServer:
@@ -41,6 +45,7 @@ class WebServer:
             timeout_graceful_shutdown=GRACEFUL_S,
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
+            ssl_ciphers=TLS_CIPHERS,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="dicomnode-web", daemon=True)
@@ -102,8 +107,9 @@ def _check_tls(settings: WebSettings) -> None:
     if not settings.tls:
         return
     try:  # the files are read now, so a bad path or key fails the start with a clear message
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            settings.tls_cert, settings.tls_key)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.set_ciphers(TLS_CIPHERS)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
         raise WebConfigError(f"web.tls_cert/web.tls_key: cannot load {settings.tls_cert} with "
                              f"{settings.tls_key}: {exc}") from None
