@@ -146,7 +146,8 @@ def test_purge_deletes_old_rows_and_records_itself(store):
     store.record_forward(old, make_entry(1).sop_instance_uid, "PACS", "sent", 0, None, 1,
                          now - timedelta(days=40))
     result = store.purge(30, now=now, requested_by="test")
-    assert (result.instances_deleted, result.forward_attempts_deleted) == (1, 1)
+    assert (result.instances_deleted, result.forward_attempts_deleted,
+            result.verdicts_deleted) == (1, 1, 0)
     assert result.cutoff == now - timedelta(days=30)
     assert [r[0] for r in fetch(store, "SELECT sop_instance_uid FROM instances")] == [
         make_entry(2).sop_instance_uid
@@ -174,8 +175,11 @@ def test_verdicts_are_append_only_and_purged_with_their_decision_and_preview(sto
     with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as connection:
         connection.execute(sa.text("UPDATE verdicts SET verdict = 'right'"))
     assert [r[0] for r in fetch(store, "SELECT verdict FROM verdicts")] == ["wrong", "wrong"]
-    store.purge(30, now=now, requested_by="test")
+    result = store.purge(30, now=now, requested_by="test")
+    assert result.verdicts_deleted == 1
     assert [r[0] for r in fetch(store, "SELECT instance_id FROM verdicts")] == [ids[1]]
+    purges = fetch(store, "SELECT instances_deleted, verdicts_deleted FROM purges")
+    assert [tuple(r) for r in purges] == [(1, 1)]
     assert [r[0] for r in fetch(store, "SELECT decision_key FROM previews")] == ["0002"]
 
 

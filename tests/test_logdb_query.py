@@ -196,12 +196,11 @@ def test_cli_purge_removes_old_rows_and_is_recorded(populated, db_url):
     store.record_instance(make_entry(99, received_at=datetime.now(timezone.utc)))
     result = runner.invoke(log_app, ["purge", "--db", db_url, "--older-than", "1"])
     assert result.exit_code == 0, result.output
-    assert "purged 6 instances and 8 delivery attempts" in result.stdout
+    assert "purged 6 instances, 8 delivery attempts and 0 verdicts" in result.stdout
     assert count_instances(store, LogFilter()) == 1
     purges = summarise(store)["purges"]
-    assert [(p["instances_deleted"], p["requested_by"]) for p in purges] == [
-        (6, "dicomnode log purge")
-    ]
+    assert [(p["instances_deleted"], p["verdicts_deleted"], p["requested_by"])
+            for p in purges] == [(6, 0, "dicomnode log purge")]
     result = runner.invoke(log_app, ["purge", "--db", db_url])
     assert result.exit_code == 2 and "--older-than" in result.stderr
 

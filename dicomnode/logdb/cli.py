@@ -281,7 +281,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             typer.echo(
                 f"  {cell(purge['at'])} older than {purge['older_than_days']:g} days: "
                 f"{purge['instances_deleted']} instances, "
-                f"{purge['forward_attempts_deleted']} delivery attempts"
+                f"{purge['forward_attempts_deleted']} delivery attempts, "
+                f"{purge['verdicts_deleted']} verdicts"
             )
 
 
@@ -335,8 +336,9 @@ def purge_command(
     finally:
         store.close()
     typer.echo(
-        f"purged {result.instances_deleted} instances and {result.forward_attempts_deleted} "
-        f"delivery attempts received before {cell(result.cutoff)}"
+        f"purged {result.instances_deleted} instances, {result.forward_attempts_deleted} "
+        f"delivery attempts and {result.verdicts_deleted} verdicts received before "
+        f"{cell(result.cutoff)}"
     )
 
 

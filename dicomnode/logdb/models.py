@@ -130,6 +130,7 @@ class PurgeRow(Base):
     cutoff: Mapped[datetime] = mapped_column(DateTime(), nullable=False)
     instances_deleted: Mapped[int] = mapped_column(Integer, nullable=False)
     forward_attempts_deleted: Mapped[int] = mapped_column(Integer, nullable=False)
+    verdicts_deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     requested_by: Mapped[str | None] = mapped_column(String(128))
 
 

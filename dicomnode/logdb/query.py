@@ -405,6 +405,7 @@ def purges(store: LogStore) -> list[dict[str, Any]]:
                 "cutoff": from_stored(row["cutoff"]),
                 "instances_deleted": row["instances_deleted"],
                 "forward_attempts_deleted": row["forward_attempts_deleted"],
+                "verdicts_deleted": row["verdicts_deleted"],
                 "requested_by": row["requested_by"],
             }
             for row in rows

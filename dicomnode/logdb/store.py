@@ -143,6 +143,7 @@ class PurgeResult:
     older_than_days: float
     instances_deleted: int
     forward_attempts_deleted: int
+    verdicts_deleted: int = 0
 
 
 class LogStore:
@@ -443,7 +444,7 @@ class LogStore:
         requested_by: str | None = None,
     ) -> PurgeResult:
         """Delete instances received before now - older_than (days if a number), with their
-        delivery attempts, and record the purge itself."""
+        delivery attempts, verdicts and previews, and record the purge itself (with counts)."""
         age = older_than if isinstance(older_than, timedelta) else timedelta(days=older_than)
         if age < timedelta(0):
             raise ValueError("retention age must not be negative")
@@ -461,7 +462,8 @@ class LogStore:
             ).rowcount
             # verdicts and previews go with the decision they belong to (patient data, and
             # a verdict without its decision tells an auditor nothing)
-            connection.execute(delete(VerdictRow).where(VerdictRow.instance_id.in_(old_ids)))
+            verdicts = connection.execute(
+                delete(VerdictRow).where(VerdictRow.instance_id.in_(old_ids))).rowcount
             connection.execute(delete(PreviewRow).where(PreviewRow.decision_key.in_(
                 select(InstanceRow.decision_key).where(InstanceRow.received_at < cutoff))))
             connection.execute(delete(PreviewRow).where(PreviewRow.at < cutoff))
@@ -476,10 +478,12 @@ class LogStore:
                     cutoff=cutoff,
                     instances_deleted=instances,
                     forward_attempts_deleted=attempts,
+                    verdicts_deleted=verdicts,
                     requested_by=requested_by,
                 )
             )
-        return PurgeResult(from_stored(at), from_stored(cutoff), days, instances, attempts)
+        return PurgeResult(from_stored(at), from_stored(cutoff), days, instances, attempts,
+                           verdicts)
 
 
 class _NoLock:

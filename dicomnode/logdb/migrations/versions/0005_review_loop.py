@@ -6,7 +6,9 @@
   is on (it is patient data), one per decision key, purged with its instance by retention;
 - verdicts: a reviewer's judgement of a decision (right / wrong, the true view, a note). Append
   only: a verdict is never edited (a trigger refuses UPDATE, as on instances); a later verdict
-  on the same instance is a new row, and the newest one counts.
+  on the same instance is a new row, and the newest one counts;
+- purges gains verdicts_deleted: a retention purge deletes the verdicts of the decisions it
+  deletes, and says how many (0 on purges recorded before).
 
 Revision ID: 0005
 Revises: 0004
@@ -65,6 +67,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_verdicts_instance_id", "verdicts", ["instance_id"])
     op.create_index("ix_verdicts_at", "verdicts", ["at"])
+    with op.batch_alter_table("purges", recreate="never") as batch:
+        batch.add_column(sa.Column("verdicts_deleted", sa.Integer(), nullable=False,
+                                   server_default="0"))
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_NO_UPDATE_FN)
         op.execute(PG_NO_UPDATE_TRIGGER)
@@ -76,6 +81,8 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS verdicts_append_only ON verdicts")
         op.execute("DROP FUNCTION IF EXISTS dicomnode_verdicts_append_only()")
+    with op.batch_alter_table("purges", recreate="never") as batch:
+        batch.drop_column("verdicts_deleted")
     op.drop_table("verdicts")
     op.drop_table("previews")
     op.drop_index("ix_instances_accession_number", "instances")
