@@ -7,26 +7,27 @@ BEGIN IMMEDIATE so two writers queue on the busy timeout instead of failing on a
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, select
+from sqlalchemy import Engine, delete, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from dicomnode.logdb import schema
+from dicomnode.logdb.engine import (  # the engine's helpers, also for this module's users
+    build_engine,
+    create_private_file,
+    from_stored,
+    normalise_url,
+    sqlite_file,
+    to_utc_naive,
+    utcnow,
+)
 from dicomnode.logdb.entry import ACTIONS, InstanceLogEntry
 from dicomnode.logdb.models import (
-    TRUE_VIEWS,
-    VERDICTS,
     AssociationRow,
     ForwardAttemptRow,
     InstanceRow,
@@ -35,105 +36,11 @@ from dicomnode.logdb.models import (
     PurgeRow,
     VerdictRow,
 )
+from dicomnode.logdb.store_review import ReviewRows
 
+__all__ = ["FORWARD_OUTCOMES", "LogStore", "PurgeResult", "from_stored", "normalise_url",
+           "sqlite_file", "to_utc_naive", "utcnow"]
 FORWARD_OUTCOMES = ("sent", "retry", "failed")
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def to_utc_naive(moment: datetime) -> datetime:
-    """Stored form of a time: naive UTC. Naive input is taken to be UTC already."""
-    if moment.tzinfo is not None:
-        return moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
-def from_stored(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.replace(tzinfo=timezone.utc)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def normalise_url(url: str) -> str:
-    """Accept a bare filesystem path as shorthand for an SQLite database, and a plain
-    postgresql:// URL as meaning the psycopg (3) driver the project ships, not psycopg2."""
-    if "://" not in url:
-        return f"sqlite:///{Path(url).expanduser().absolute()}"
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            return "postgresql+psycopg://" + url.removeprefix(plain)
-    return url
-
-
-def sqlite_file(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def create_private_file(path: Path) -> None:
-    """Create the SQLite file 0600 before SQLite does (it would honour the umask, often 0644).
-
-    SQLite gives its -wal and -shm files the permissions of the main file, so they follow.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    except FileExistsError:  # it exists already, or a second node starting now just made it
-        return
-    os.close(fd)
-    os.chmod(path, 0o600)  # why: explicit, whatever the umask did to os.open's mode
-
-
-@retry(
-    retry=retry_if_exception(lambda exc: "locked" in str(exc)),
-    wait=wait_random(0.01, 0.1),
-    stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_MS / 1000),
-    reraise=True,
-)
-def set_wal_mode(cursor: sqlite3.Cursor) -> None:
-    """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
-    while another process (a second node starting now) is creating or converting the file."""
-    cursor.execute("PRAGMA journal_mode = WAL")
-
-
-def build_engine(url: str) -> Engine:
-    """The log's engine. hide_parameters: SQLAlchemy's error messages would otherwise carry the
-    statement's bound values (patient IDs, accession numbers) into whatever logs them."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
-    in_memory = sqlite_file(url) is None
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False},
-                              "hide_parameters": True}
-    if in_memory:  # one shared connection, or each thread would see its own empty database
-        kwargs["poolclass"] = StaticPool
-    engine = create_engine(url, **kwargs)
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection, _record) -> None:
-        # Take transaction control from the sqlite3 module (it would defer BEGIN and autocommit
-        # DDL); SQLAlchemy then emits BEGIN itself below, so migrations are transactional.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        if not in_memory:
-            set_wal_mode(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on app crash
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(connection) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "")
-        connection.exec_driver_sql(f"BEGIN {mode}".strip())
-
-    return engine
 
 
 @dataclass(frozen=True)
@@ -146,8 +53,9 @@ class PurgeResult:
     verdicts_deleted: int = 0
 
 
-class LogStore:
-    """Append-only classification log on SQLite (default) or PostgreSQL."""
+class LogStore(ReviewRows):
+    """Append-only classification log on SQLite (default) or PostgreSQL (the reviewers' verdicts
+    and previews: ReviewRows)."""
 
     def __init__(self, engine: Engine, url: str, revision: str) -> None:
         self.engine = engine
@@ -230,14 +138,6 @@ class LogStore:
                 self._insert_previews(connection, [{"decision_key": entry.decision_key,
                                                     "at": entry.received_at, "png": preview}])
             return row_id
-
-    def preview(self, decision_key: str) -> bytes | None:
-        """The preview PNG (the 224x224 model input) kept with a decision, None if there is
-        none (web.previews off, not classified, or purged)."""
-        with self.engine.connect() as connection:
-            png = connection.execute(select(PreviewRow.png).where(
-                PreviewRow.decision_key == decision_key)).scalar_one_or_none()
-        return bytes(png) if png is not None else None
 
     def record_forward(
         self,
@@ -328,20 +228,6 @@ class LogStore:
             if last != first:
                 self._upsert_model(connection, sha256, last, None)
 
-    def _insert_previews(self, connection, previews: list[dict[str, Any]]) -> None:
-        """Preview PNGs by decision key, each once (a replay finds its preview in already)."""
-        existing = self._existing(connection, PreviewRow.decision_key,
-                                  [p["decision_key"] for p in previews])
-        rows = []
-        for preview in previews:
-            if preview["decision_key"] in existing:
-                continue
-            existing.add(preview["decision_key"])
-            rows.append({"decision_key": preview["decision_key"],
-                         "at": to_utc_naive(preview["at"]), "png": preview["png"]})
-        if rows:
-            connection.execute(insert(PreviewRow), rows)
-
     def _insert_forwards(self, connection, attempts: list[dict[str, Any]]) -> None:
         for attempt in attempts:
             if attempt["outcome"] not in FORWARD_OUTCOMES:
@@ -405,25 +291,6 @@ class LogStore:
         if entry.model_sha256:
             self._upsert_model(connection, entry.model_sha256, values["received_at"], None)
         return int(row_id)
-
-    def record_verdict(self, instance_id: int, reviewer: str, verdict: str, true_view: str,
-                       note: str | None = None, at: datetime | None = None) -> int:
-        """Append a reviewer's verdict on a decision (a new row, never an edit); its row id."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
-        if true_view not in TRUE_VIEWS:
-            raise ValueError(f"true view {true_view!r} is not one of {', '.join(TRUE_VIEWS)}")
-        if not reviewer or len(reviewer) > 64:
-            raise ValueError("reviewer: 1 to 64 characters")
-        values = {"instance_id": instance_id, "reviewer": reviewer, "verdict": verdict,
-                  "true_view": true_view, "note": (note or "").strip()[:2000] or None,
-                  "at": to_utc_naive(at) if at is not None else utcnow()}  # fmt: skip
-        with self._writing(), self._write_engine.begin() as connection:
-            if connection.execute(select(InstanceRow.id).where(
-                    InstanceRow.id == instance_id)).scalar_one_or_none() is None:
-                raise LookupError(f"no decision with id {instance_id}")
-            return int(connection.execute(
-                insert(VerdictRow).values(**values).returning(VerdictRow.id)).scalar_one())
 
     def associations(self, outcome: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[Any]:
