@@ -136,6 +136,17 @@ def test_summary_respects_a_filter(populated):
 runner = CliRunner()
 
 
+def test_cli_query_by_accession_number(populated, db_url):
+    store, _ = populated
+    store.record_instance(make_entry(90, accession_number="ACC-77"))
+    store.record_instance(make_entry(91, accession_number="ACC-78"))
+    result = runner.invoke(log_app, ["query", "--db", db_url, "--accession", "ACC-77",
+                                     "-f", "jsonl"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["sop_instance_uid"] for r in rows] == [make_entry(90).sop_instance_uid]
+
+
 def test_cli_query_formats(populated, db_url):
     result = runner.invoke(log_app, ["query", "--db", db_url, "--study", STUDY_A, "-f", "csv"])
     assert result.exit_code == 0, result.output

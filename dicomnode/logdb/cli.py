@@ -1,4 +1,5 @@
-"""`dicomnode log query | summary | purge | web`: the auditor's terminal access to the log."""
+"""`dicomnode log query | summary | purge | associations`: the auditor's terminal access to the
+log (`web` and `export-reviews`: dicomnode.logdb.cli_review)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
+from dicomnode.logdb.cli_common import (
+    ConfigOption,
+    DbOption,
+    cell,
+    fail,
+    load_log_config,
+    open_store,
+    parse_time,
+)
+from dicomnode.logdb.cli_review import export_reviews_command, web_command
 from dicomnode.logdb.entry import ASSOCIATION_OUTCOMES, patient_id_in_configured_form
 from dicomnode.logdb.query import (
     DELIVERY_STATUSES,
@@ -22,7 +33,6 @@ from dicomnode.logdb.query import (
     iter_instances,
     summarise,
 )
-from dicomnode.logdb.store import LogStore
 from dicomnode.view_policy import CLASSES
 
 log_app = typer.Typer(
@@ -39,63 +49,6 @@ class OutputFormat(str, Enum):
 class SummaryFormat(str, Enum):
     text = "text"
     json = "json"
-
-
-DbOption = Annotated[
-    str | None,
-    typer.Option("--db", help="Log database URL or SQLite path (default: log.url of the config)"),
-]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Node config: the log URL and the patient ID form"),
-]
-
-
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"dicomnode log: {message}", err=True)
-    return typer.Exit(2)
-
-
-def load_log_config(config_path: Path | None) -> Any | None:
-    """The node config's `log` section, or None when there is no config to read."""
-    try:
-        from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError
-        from dicomnode.config_file import load_config
-    except ImportError:  # pragma: no cover - a checkout without the node's config module
-        return None
-    if config_path is None and not DEFAULT_CONFIG_PATH.exists():
-        return None
-    try:
-        return load_config(config_path).log
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-
-
-def open_store(db: str | None, config_path: Path | None, upgrade: bool = False) -> LogStore:
-    """Auditor commands read an existing log as it is (no file created, no schema migrated)."""
-    url = db
-    if url is None:
-        log_config = load_log_config(config_path)
-        if log_config is None:
-            raise fail("no --db given and no config file to take log.url from")
-        url = log_config.url
-    try:
-        return LogStore.open(url, upgrade=upgrade)
-    except Exception as exc:  # shown to the auditor as one line, not a traceback
-        raise fail(f"cannot open log database: {exc}") from None
-
-
-def parse_time(value: str | None, option: str) -> datetime | None:
-    """ISO date or date-time; no zone means UTC (the log's own time zone)."""
-    if value is None:
-        return None
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(f"{option}: {value!r} is not an ISO date or date-time (e.g. 2026-11-20 or "
-                   "2026-11-20T08:30)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def stored_patient_id(patient: str | None, config_path: Path | None) -> str | None:
@@ -126,6 +79,7 @@ def build_filter(
     max_confidence: float | None = None,
     model: str | None = None,
     delivery: str | None = None,
+    accession: str | None = None,
 ) -> LogFilter:
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     known_labels = (*CLASSES, "LA")  # LA: the first model's lateral class
@@ -141,22 +95,10 @@ def build_filter(
             since=start, until=end, study_uid=study, series_uid=series, sop_uid=sop,
             patient_id=patient, calling_ae=calling_ae, modality=modality, label=label,
             action=action, min_confidence=min_confidence, max_confidence=max_confidence,
-            model_sha256=model, delivery=delivery,
+            model_sha256=model, delivery=delivery, accession_number=accession,
         )  # fmt: skip
     except ValueError as exc:
         raise fail(str(exc)) from None
-
-
-def cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
 
 
 def jsonable(value: Any) -> Any:
@@ -198,6 +140,7 @@ def query_command(
     study: Annotated[str | None, typer.Option(help="Study Instance UID")] = None,
     series: Annotated[str | None, typer.Option(help="Series Instance UID")] = None,
     sop: Annotated[str | None, typer.Option(help="SOP Instance UID")] = None,
+    accession: Annotated[str | None, typer.Option(help="Accession number")] = None,
     patient: Annotated[
         str | None, typer.Option(help="patient ID as typed; hashed like the node if configured")
     ] = None,
@@ -218,7 +161,7 @@ def query_command(
     """List logged decisions matching every given filter, newest first."""
     log_filter = build_filter(
         since, until, day, study, series, sop, stored_patient_id(patient, config), calling_ae,
-        modality, label, action, min_confidence, max_confidence, model, delivery,
+        modality, label, action, min_confidence, max_confidence, model, delivery, accession,
     )  # fmt: skip
     store = open_store(db, config)
     try:
@@ -372,107 +315,5 @@ def associations_command(
             typer.echo("  ".join(str(v) for v in values.values() if v is not None))
 
 
-def load_web_settings(config_path: Path | None) -> dict[str, Any]:
-    """The web view's settings from the node config (reviewers, TLS, secret), if there is one."""
-    try:
-        from dicomnode.config import DEFAULT_CONFIG_PATH, ConfigError
-        from dicomnode.config_file import load_config
-        from dicomnode.web.server import settings_from_config
-    except ImportError:  # pragma: no cover
-        return {}
-    if config_path is None and not DEFAULT_CONFIG_PATH.exists():
-        return {}
-    try:
-        node_config = load_config(config_path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-    return settings_from_config(node_config.web, node_config.log, node_config.spool.path)
-
-
-@log_app.command("web")
-def web_command(
-    db: DbOption = None,
-    config: ConfigOption = None,
-    port: Annotated[int | None, typer.Option(help="TCP port (default: web.port, 8480)")] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(help="bind address (default: web.host, 127.0.0.1); non-loopback needs "
-                          "--token or reviewers, and TLS"),
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="DICOMNODE_WEB_TOKEN", help="read-only bearer token")
-    ] = None,
-    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate (web.tls_cert)")] = None,
-    tls_key: Annotated[str | None, typer.Option(help="PEM private key (web.tls_key)")] = None,
-) -> None:
-    """Serve the auditor's web view until interrupted (SIGINT or SIGTERM). Reviewers, TLS and
-    the session secret come from the config's `web` block; the options override it."""
-    import signal
-    import threading
-
-    from dicomnode.web.server import start_web
-    from dicomnode.web.settings import WebConfigError
-
-    # Own handlers, not KeyboardInterrupt: a process started with SIGINT ignored (a background
-    # job of a non-interactive shell, nohup) never gets one, and SIGTERM must stop it too.
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    settings = load_web_settings(config)
-    overrides = {"host": host, "port": port, "token": token, "tls_cert": tls_cert,
-                 "tls_key": tls_key}  # fmt: skip
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings.setdefault("host", "127.0.0.1")
-    settings.setdefault("port", 8480)
-    store = open_store(db, config)
-    try:
-        server = start_web(store, **settings)
-    except (WebConfigError, OSError) as exc:
-        store.close()
-        raise fail(str(exc)) from None
-    typer.echo(f"auditor view on {server.url}", err=True)
-    try:
-        while server.thread.is_alive() and not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        store.close()
-
-
-@log_app.command("export-reviews")
-def export_reviews_command(
-    out: Annotated[Path, typer.Option("--out", help="folder for labels.csv and reviews/<label>/")],
-    archive: Annotated[
-        Path | None,
-        typer.Option(help="folder tree of DICOM files, searched by SOP Instance UID for films "
-                          "no longer in the spool"),
-    ] = None,
-    spool: Annotated[
-        Path | None,
-        typer.Option(help="the node's spool, where it is not at the logged spool path"),
-    ] = None,
-    db: DbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Reviewed films (each instance's newest verdict) as training data in the xray-views
-    layout: OUT/reviews/<label>/<name>.jpg and OUT/labels.csv, for `python -m training cv|ship
-    --data ../shared/data/xray-views --data OUT`. Films found nowhere are listed, not fatal."""
-    from dicomnode.logdb.review_export import export_reviews
-
-    if archive is not None and not archive.is_dir():
-        raise fail(f"--archive {archive}: not a folder")
-    store = open_store(db, config)
-    try:
-        result = export_reviews(store, out, archive=archive, spool=spool)
-    except OSError as exc:
-        raise fail(f"cannot write {out}: {exc}") from None
-    finally:
-        store.close()
-    for row in result.written:
-        typer.echo(f"wrote {row['file']} ({row['label']}, view {row['view']}, region "
-                   f"{row['region']})")
-    for reviewed, why in result.missing:
-        typer.echo(f"missing: instance {reviewed.instance_id} (SOP Instance UID "
-                   f"{reviewed.sop_instance_uid}): {why}")
-    typer.echo(f"{len(result.written)} reviewed films written to {out / 'labels.csv'}; "
-               f"{len(result.missing)} missing")
+log_app.command("web")(web_command)
+log_app.command("export-reviews")(export_reviews_command)
