@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 
 import itsdangerous
 import pytest
@@ -58,7 +59,8 @@ def token_view(populated_store):
         server.stop()
 
 
-def fetch(url: str, headers: dict | None = None, method: str = "GET"):
+def fetch(url: str, headers: dict[str, str] | None = None,
+          method: str = "GET") -> tuple[int, str, Message]:
     """(status, body, headers); the headers look up names case-insensitively."""
     request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:

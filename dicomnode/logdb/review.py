@@ -11,6 +11,7 @@ Accuracy figures count only reviewed decisions, each by its newest verdict:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ QUEUE_ACTIONS = ("uncertain", "disagrees")
 CHUNK = 500
 
 
-def _chunks(ids: list[int]):
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(ids), CHUNK):
         yield ids[start : start + CHUNK]
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomnode.logdb import review
-from dicomnode.logdb.query import iter_instances
+from dicomnode.logdb.query import LogFilter, iter_instances
 from dicomnode.logdb.store import LogStore
 from dicomnode.web.access import counted
 from dicomnode.web.filters import BadRequest
@@ -46,7 +46,7 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def rows(store: LogStore, log_filter) -> Iterator[dict[str, Any]]:
+def rows(store: LogStore, log_filter: LogFilter) -> Iterator[dict[str, Any]]:
     models = review.model_info(store)
     batch: list[dict[str, Any]] = []
     for row in iter_instances(store, log_filter):

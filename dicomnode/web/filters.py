@@ -6,7 +6,9 @@ from datetime import datetime, time, timedelta, timezone
 
 from dicomnode.logdb.entry import ACTIONS, patient_id_in_configured_form
 from dicomnode.logdb.query import DELIVERY_STATUSES, LogFilter
+from dicomnode.view_policy import CLASSES
 
+LOGGED_LABELS = (*CLASSES, "LA")  # LA: the lateral class of the first (AP/LA) model
 FILTER_FIELDS = (
     # (query parameter, label, input type)
     ("since", "Received from (UTC)", "text"),
@@ -19,7 +21,7 @@ FILTER_FIELDS = (
     ("patient", "Patient ID", "text"),
     ("calling_ae", "Calling AE", "text"),
     ("modality", "Modality", "text"),
-    ("label", "Label", "select:AP,PA,LAT,OTHER,LA"),
+    ("label", "Label", "select:" + ",".join(LOGGED_LABELS)),
     ("action", "Action", "select:" + ",".join(ACTIONS)),
     ("min_confidence", "Confidence ≥", "number"),
     ("max_confidence", "Confidence ≤", "number"),

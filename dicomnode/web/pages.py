@@ -11,10 +11,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from dicomnode.logdb import review
-from dicomnode.logdb.query import count_instances, find_instances, study_detail, summarise
+from dicomnode.logdb.query import (
+    LogFilter,
+    count_instances,
+    find_instances,
+    study_detail,
+    summarise,
+)
 from dicomnode.logdb.store import LogStore
 from dicomnode.spool import locate
 from dicomnode.web.access import record
+from dicomnode.web.charts import bars
 from dicomnode.web.filters import (
     FILTER_FIELDS,
     SUMMARY_FIELDS,
@@ -41,7 +48,7 @@ def params_of(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.query_params.items() if k != "token"}
 
 
-def log_filter_of(request: Request, params: dict[str, str] | None = None):
+def log_filter_of(request: Request, params: dict[str, str] | None = None) -> LogFilter:
     settings = settings_of(request)
     return filter_from_params(params if params is not None else params_of(request),
                               settings.patient_form, settings.patient_salt)  # fmt: skip
@@ -123,20 +130,6 @@ async def image(request: Request) -> Response:
     record(request, f"id {row['id']}")
     name = f"{row['sop_instance_uid']}.dcm"
     return FileResponse(path, media_type="application/dicom", filename=name)
-
-
-def bars(title: str, items: list[tuple[str, float]], value_format: str = "{:g}") -> dict:
-    """Geometry of a horizontal bar chart (inline SVG, drawn by the template)."""
-    peak = max((v for _, v in items), default=0) or 1
-    row, label_width, bar_width = 18, 200, 320
-    drawn = []
-    for i, (label, value) in enumerate(items):
-        width = bar_width * value / peak
-        drawn.append({"label": label, "short": label[:32], "y": i * row + 2,
-                      "width": f"{width:.1f}", "end": f"{label_width + width + 4:.1f}",
-                      "value": value_format.format(value)})  # fmt: skip
-    return {"title": title, "rows": drawn, "row": row, "label_width": label_width,
-            "width": label_width + bar_width + 80, "height": row * len(items) + 4}
 
 
 def summary(request: Request) -> Response:

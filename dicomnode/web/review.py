@@ -15,7 +15,7 @@ from dicomnode.web.pages import log_filter_of, params_of, store_of
 from dicomnode.web.render import message, render
 
 DEFAULT_SAMPLE_PERCENT = 5.0
-SUMMARY_FIELDS = (("since", "Received from (UTC)"), ("until", "Received before (UTC)"),
+REVIEW_SUMMARY_FIELDS = (("since", "Received from (UTC)"), ("until", "Received before (UTC)"),
                   ("model", "Model sha256 (prefix)"))  # fmt: skip
 
 
@@ -56,10 +56,10 @@ async def record_verdict(request: Request) -> Response:
 
 def summary(request: Request) -> Response:
     params = params_of(request)
-    context = {"title": "Review summary", "fields": SUMMARY_FIELDS, "params": params}
+    context = {"title": "Review summary", "fields": REVIEW_SUMMARY_FIELDS, "params": params}
     try:
         log_filter = log_filter_of(request, {k: v for k, v in params.items()
-                                             if k in dict(SUMMARY_FIELDS)})  # fmt: skip
+                                             if k in dict(REVIEW_SUMMARY_FIELDS)})  # fmt: skip
     except BadRequest as exc:
         return render(request, "review_summary.html", error=str(exc), r=None, **context)
     store = store_of(request)
