@@ -19,8 +19,9 @@ import typer
 
 from dicomnode.cli_queue import queue_app
 from dicomnode.cli_rules import rules_app
-from dicomnode.config import ConfigError, DicomDestination, FolderDestination, NodeConfig
+from dicomnode.config import ConfigError, NodeConfig
 from dicomnode.config_file import load_config
+from dicomnode.config_routing import DicomDestination, FolderDestination
 from dicomnode.logdb.cli import log_app
 from dicomnode.web.cli import web_app
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from tenacity import RetryCallState, wait_exponential, wait_random
 
-from dicomnode.config import DicomDestination, FolderDestination, RetryPolicy
+from dicomnode.config_routing import DicomDestination, FolderDestination, RetryPolicy
 from dicomnode.send import Delivery, DicomSender, FolderSender
 from dicomnode.spool import OUTGOING, Spool, write_atomic
 

@@ -25,7 +25,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicomnode.config import ClassificationMatch, Match, NodeConfig, Rule, When
+from dicomnode.config import NodeConfig
+from dicomnode.config_routing import ClassificationMatch, Match, Rule, When
 from dicomnode.logdb.entry import InstanceLogEntry
 
 DEFAULT_RULE = "(default)"

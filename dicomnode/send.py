@@ -19,7 +19,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
 
-from dicomnode.config import DicomDestination, FolderDestination
+from dicomnode.config_routing import DicomDestination, FolderDestination
 from dicomnode.hardening import destination_tls_args
 from dicomnode.identity import node_ae
 from dicomnode.receive import set_tcp_nodelay

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from dicomnode.config import DicomDestination
 from dicomnode.config_file import load_config
+from dicomnode.config_routing import DicomDestination
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 
-from dicomnode.config import DicomDestination
+from dicomnode.config_routing import DicomDestination
 from dicomnode.forward import Forwarder
 from dicomnode.spool import FAILED, OUTGOING, SENT, Spool
 from tests.node_helpers import free_port

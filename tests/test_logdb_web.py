@@ -17,15 +17,11 @@ from dicomnode.logdb.store import LogStore
 from dicomnode.web.server import start_web
 from dicomnode.web.sessions import SESSION_S
 from dicomnode.web.settings import WebConfigError
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.logdb_helpers import STUDY_A, populate
 
 pytest_plugins = ["tests.fixtures_postgres"]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 TOKEN = "auditor-token-0123456789"
 SECRET = "session-secret-for-tests-0123456789abcdef"
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from dicomnode import queue_ops
 from dicomnode.cli import app
-from dicomnode.config import RetryPolicy
+from dicomnode.config_routing import RetryPolicy
 from dicomnode.diskguard import DiskGuard
 from dicomnode.forward import Forwarder, backoff_s
 from dicomnode.metrics import NodeMetrics
@@ -82,7 +82,7 @@ def test_retry_schedule_is_in_the_json_and_operator_retry_makes_it_due(tmp_path)
     spool = Spool(tmp_path / "spool")
     spool.ensure(["pacs"])
     dest_cfg = unreachable("pacs", initial_s=600, max_delay_s=600)
-    from dicomnode.config import DicomDestination
+    from dicomnode.config_routing import DicomDestination
 
     forwarder = Forwarder(DicomDestination.model_validate(dest_cfg), spool, None, "DICOMNODE")
     image = make_images(tmp_path / "images", 1)[0]

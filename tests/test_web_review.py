@@ -34,15 +34,11 @@ from dicomnode.logdb.store import LogStore
 from dicomnode.web.passwords import hash_password, verify_password
 from dicomnode.web.server import start_web
 from dicomnode.web.settings import WebConfigError
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.logdb_helpers import MODEL_A, MODEL_B, make_entry, populate
 
 pytest_plugins = ["tests.fixtures_postgres"]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 TOKEN = "auditor-token-0123456789"
 PASSWORD = "correct horse battery"
 REVIEWERS = {"ana": hash_password(PASSWORD)}
