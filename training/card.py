@@ -143,8 +143,12 @@ def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
         "",
         "## What it is",
         "- MobileNetV2 alpha 1.0 (ImageNet weights), GlobalAveragePooling2D → Dense(128, ReLU) → "
-        + ("three softmax heads in one float32 (1, 7) output: **family** (frontal, lateral, "
+        + ("three heads in one float32 (1, 7) output: **family** (frontal, lateral, "
            "other), **AP vs PA** (given frontal) and **region** (chest, other)"
+           + ("; the file emits each head's logits and the node applies the softmax in float "
+              "(a softmax inside the Int8 graph is quantised to steps of 1/256, which made "
+              "confidences near the write thresholds differ between Int8 and FP32)"
+              if manifest.get("scores") == "logits" else ", softmax probabilities")
            if views else "Dense(2, softmax)")
         + f"; input float32 (1, 224, 224, 3), grey 0–255 repeated to 3 channels; pixel scaling "
         f"`{recipe['scaling']}` is a layer inside the model.",
@@ -187,7 +191,7 @@ def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
             "",
             "## Calibration and write thresholds (in `manifest.json`)",
             f"- Temperature scaling per head, fitted on the out-of-fold Int8 outputs of the CV: "
-            f"`{manifest['calibration']}` (softmax(log p / T) on each head).",
+            f"`{manifest['calibration']}` (softmax(z / T) on each head's logits z).",
             f"- Thresholds on the calibrated probabilities: `{manifest['thresholds']}`, chosen on "
             f"{manifest['thresholds_chosen']['chosen_on']} as the grid point with the most "
             f"correct writes whose wrong writes stay ≤ "
