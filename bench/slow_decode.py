@@ -35,6 +35,7 @@ from bench.peers import (
     stream,
     wait_arrivals,
 )
+from tests.node_helpers import as_cr_image
 from tests.shared_data import SHARED
 
 CORPUS = SHARED / "dicom" / "corpus" / "files"
@@ -71,7 +72,9 @@ def run(workdir: Path, slow: Path, patience_s: float | None) -> dict:
     config["guard"] = {"patience_s": patience_s}
     node = start_node(workdir, config)
     slow_template = Template(slow, workdir)
-    film_template = Template(FILM, workdir)
+    # the reference chest is stored as Secondary Capture, which takes the pass-through lane:
+    # re-filed as CR so the films behind are classified, on the workers the slow film occupies
+    film_template = Template(as_cr_image(FILM, workdir / "film-cr.dcm"), workdir)
     try:
         [slow_sent] = stream(node.port, "DICOMNODE", [slow_template], 1)
         films = stream(node.port, "DICOMNODE", [film_template], FILMS_BEHIND)
