@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, not_, select
+from sqlalchemy import Select, and_, func, not_, select
 
 from dicomnode.logdb.entry import discard_rule
 from dicomnode.logdb.models import (
@@ -54,10 +54,14 @@ def model_info(store: LogStore) -> dict[str, dict[str, Any]]:
         return info
 
 
+def newest_verdict_ids() -> Select:
+    """The id of each instance's newest verdict: verdicts are append-only, so the newest is the
+    last appended (the highest id), whatever the clock said when it was written."""
+    return select(func.max(VerdictRow.id)).group_by(VerdictRow.instance_id)
+
+
 def newest_verdicts(store: LogStore, instance_ids: list[int]) -> dict[int, dict[str, Any]]:
-    newest = (
-        select(func.max(VerdictRow.id)).group_by(VerdictRow.instance_id).scalar_subquery()
-    )
+    newest = newest_verdict_ids().scalar_subquery()
     result: dict[int, dict[str, Any]] = {}
     with store.engine.connect() as connection:
         for chunk in _chunks(instance_ids):
@@ -189,7 +193,7 @@ def _group() -> dict[str, int]:
 def review_summary(store: LogStore, log_filter: LogFilter | None = None) -> dict[str, Any]:
     """Reviewed accuracy and wrong-write rate, overall and per model, region (BodyPartExamined)
     and ISO week of receipt, over the reviewed decisions matching the filter."""
-    newest = select(func.max(VerdictRow.id)).group_by(VerdictRow.instance_id)
+    newest = newest_verdict_ids()
     statement = apply_filter(
         select(InstanceRow.model_sha256, InstanceRow.body_part_examined,
                InstanceRow.received_at, InstanceRow.action, VerdictRow.verdict)

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from dicomnode.logdb.models import InstanceRow, VerdictRow
+from dicomnode.logdb.review import newest_verdict_ids
 from dicomnode.logdb.store import LogStore
 from dicomnode.spool import locate
 
@@ -94,22 +95,15 @@ class ExportResult:
 
 
 def reviewed_instances(store: LogStore) -> list[Reviewed]:
-    """Every instance with a verdict, with its newest one (latest `at`, then highest id); one
-    per SOP Instance UID (its newest verdict), oldest first."""
-    ranked = select(
-        VerdictRow.instance_id, VerdictRow.verdict, VerdictRow.true_view, VerdictRow.reviewer,
-        VerdictRow.at,
-        func.row_number().over(partition_by=VerdictRow.instance_id,
-                               order_by=(VerdictRow.at.desc(), VerdictRow.id.desc()))
-        .label("rank"),
-    ).subquery()
+    """Every instance with a verdict, with its newest one (review.newest_verdict_ids: the last
+    appended); one per SOP Instance UID (its newest verdict), oldest first."""
     query = (select(InstanceRow.id, InstanceRow.decision_key, InstanceRow.sop_instance_uid,
                     InstanceRow.study_instance_uid, InstanceRow.patient_id,
-                    InstanceRow.body_part_examined, InstanceRow.spool_path, ranked.c.verdict,
-                    ranked.c.true_view, ranked.c.reviewer, ranked.c.at)
-             .join(ranked, ranked.c.instance_id == InstanceRow.id)
-             .where(ranked.c.rank == 1)
-             .order_by(ranked.c.at, InstanceRow.id))
+                    InstanceRow.body_part_examined, InstanceRow.spool_path, VerdictRow.verdict,
+                    VerdictRow.true_view, VerdictRow.reviewer, VerdictRow.at)
+             .join(VerdictRow, VerdictRow.instance_id == InstanceRow.id)
+             .where(VerdictRow.id.in_(newest_verdict_ids()))
+             .order_by(VerdictRow.id))
     with store.engine.connect() as connection:
         rows = [Reviewed(*row) for row in connection.execute(query)]
     newest: dict[str, Reviewed] = {}
