@@ -42,8 +42,9 @@ class OutlastedPatience(Exception):
 
 
 class InstanceLog(Protocol):
-    # called with preview= only when there is one (web.previews on and the film classified)
-    def record_instance(self, entry: InstanceLogEntry) -> int | None: ...
+    # preview: the model input as a PNG (web.previews on and the film classified), else None
+    def record_instance(self, entry: InstanceLogEntry,
+                        preview: bytes | None = None) -> int | None: ...
 
 
 def preview_png(model_input: np.ndarray) -> bytes:
@@ -169,7 +170,7 @@ class Pipeline:
                 except OutlastedPatience:
                     self.lanes.to_slow_lane(name)
                     return None
-                if model_input is not None and self._keeps_previews():
+                if model_input is not None and self.config.web.previews:
                     preview = preview_png(model_input)
                 if slow_lane:
                     entry.decision_reason = "; ".join(filter(None, (
@@ -189,8 +190,7 @@ class Pipeline:
         instance_id = None
         if self.instance_log is not None:
             try:
-                instance_id = (self.instance_log.record_instance(entry) if preview is None
-                               else self.instance_log.record_instance(entry, preview=preview))
+                instance_id = self.instance_log.record_instance(entry, preview=preview)
             except Exception:  # the image still goes on; the failure is in the node's log
                 log.exception("could not log %s", entry.sop_instance_uid)
         meta = {**meta, "instance_id": instance_id, "action": entry.action}
@@ -198,10 +198,6 @@ class Pipeline:
         log_image_line(entry, decision)
         self.on_dispatched(decision.destinations)
         return entry
-
-    def _keeps_previews(self) -> bool:
-        web = getattr(self.config, "web", None)
-        return bool(getattr(web, "previews", False))
 
     def _modalities(self) -> set[str]:
         return {m.upper() for m in self.config.classify.modalities}

@@ -68,9 +68,12 @@ def temperature_scale(probabilities: np.ndarray, temperature: float) -> np.ndarr
     """softmax(log p / T): temperature scaling applied to probabilities (log p differs from the
     logits by a per-row constant, which softmax ignores)."""
     logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _FLOOR, 1.0))
-    scaled = logits / float(temperature)
-    scaled -= scaled.max(axis=-1, keepdims=True)
-    exp = np.exp(scaled)
+    return _softmax(logits / float(temperature))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, shifted by the maximum so exp never overflows."""
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
@@ -84,9 +87,7 @@ def head_probabilities(raw: np.ndarray, scores: str) -> np.ndarray:
         return values
     out = np.empty_like(values)
     for part in HEAD_SLICES.values():
-        shifted = values[..., part] - values[..., part].max(axis=-1, keepdims=True)
-        exp = np.exp(shifted)
-        out[..., part] = exp / exp.sum(axis=-1, keepdims=True)
+        out[..., part] = _softmax(values[..., part])
     return out
 
 
