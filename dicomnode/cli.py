@@ -93,6 +93,13 @@ class OnePeerLine(logging.Filter):
         return True
 
 
+def _read_bytes(path: Path | None) -> bytes | None:
+    try:
+        return path.read_bytes() if path is not None else None
+    except OSError:
+        return None  # _load says what is wrong with it
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -118,6 +125,9 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(OnePeerLine())
         handler.addFilter(repeats)
+    # what the node starts with: the watcher, which starts only once the node listens, reloads
+    # at once if the file changed in between (an edit made during start-up was lost before)
+    loaded = _read_bytes(config)
     node_config = apply_overrides(_load(config), host, port, ae_title, outbox, db)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -148,7 +158,8 @@ def serve(
         def reload_config() -> NodeConfig:  # same flags over the new file
             return apply_overrides(load_config(config), host, port, ae_title, outbox, db)
 
-        watcher = ConfigWatcher(config, reload_config, lambda new: apply_config(node, new))
+        watcher = ConfigWatcher(config, reload_config, lambda new: apply_config(node, new),
+                                loaded=loaded)
         watcher.start()
     try:
         stop.wait()

@@ -56,8 +56,10 @@ class ConfigWatcher:
         load: Callable[[], NodeConfig],
         apply: Callable[[NodeConfig], None],
         debounce_s: float = 0.3,
+        loaded: bytes | None = None,
     ) -> None:
         self.path = Path(path).resolve()
+        self.loaded = loaded  # the file's bytes the running config came from, if known
         self.load = load
         self.apply = apply
         self.debounce_s = debounce_s
@@ -82,9 +84,17 @@ class ConfigWatcher:
         # the folder, not the file: editors replace files by rename
         self._observer.schedule(_Wake(self._on_event), str(self.path.parent), recursive=False)
         self._observer.start()
+        if self.loaded is not None and self._current_bytes() != self.loaded:
+            self._pending.set()  # changed before we watched: no event will come for it
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
         self._thread.start()
         return self
+
+    def _current_bytes(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -101,10 +111,7 @@ class ConfigWatcher:
         previous = None
         for _ in range(tries):
             time.sleep(self.debounce_s)
-            try:
-                current = self.path.read_bytes()
-            except OSError:
-                current = None
+            current = self._current_bytes()
             if current is not None and current == previous:
                 return
             previous = current

@@ -506,3 +506,29 @@ def test_stalled_peers_and_bare_connects_free_their_association_slots(tmp_path):
         node.stop()
     log_text = node.log_text()
     assert "Traceback" not in log_text, log_text[-3000:]
+
+
+def test_a_config_edit_made_during_start_up_is_reloaded(tmp_path):
+    """serve starts watching the config file only once the node listens; an edit made in
+    between gives no file event, so the watcher compares the file with what the node started
+    from and reloads at once (a clean-clone CI run lost such an edit: the reload test wrote the
+    file right after the node's first C-ECHO)."""
+    path = tmp_path / "node.yaml"
+    path.write_text("first\n")
+    loaded = path.read_bytes()
+    path.write_text("second\n")  # before the watcher starts
+    seen: list[str] = []
+    watcher = ConfigWatcher(path, lambda: path.read_text(), seen.append, debounce_s=0.05,
+                            loaded=loaded).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    assert seen == ["second\n"]
+    unchanged = ConfigWatcher(path, lambda: path.read_text(), seen.append, debounce_s=0.05,
+                              loaded=path.read_bytes()).start()
+    time.sleep(1.0)
+    unchanged.stop()
+    assert seen == ["second\n"]  # no reload when nothing changed
