@@ -29,7 +29,8 @@ TINY = Recipe(name="tiny", scaling="symmetric", split_layer="out_relu",
 TINY_VIEWS = Recipe(name="tiny-views", scaling="symmetric", split_layer="block_16_project_BN",
                     train_views=("orig", "flip"), epochs=1, batch_size=8,
                     learning_rate=1e-3, fine_tune_epochs=1, fine_tune_learning_rate=1e-4,
-                    fine_tune_views=("orig",), representative_samples=6, heads="views")
+                    fine_tune_views=("orig",), representative_samples=6, heads="views",
+                    int8_float_stem_blocks=1)
 PER_CLASS = 12
 DICOM_FILES = {
     "CR__RG1_J2KI.dcm": "frontal",  # PA chest, JPEG 2000, MONOCHROME1
@@ -302,6 +303,18 @@ def test_ship_needs_the_cv_report_of_the_same_data(tmp_path: Path, dicom_folder:
              limit_per_class=PER_CLASS)
 
 
+def kernel_dtypes(path: Path) -> dict[str, set[str]]:
+    """Op name -> the dtypes of its outputs in a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors = interpreter.get_tensor_details()
+    found: dict[str, set[str]] = {}
+    for op in interpreter._get_ops_details():  # the interpreter's one listing of a graph's ops
+        found.setdefault(op["op_name"], set()).add(tensors[op["outputs"][0]]["dtype"].__name__)
+    return found
+
+
 def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -> None:
     from dicomnode.classify import ViewClassifier, sha256_file
     from dicomnode.preprocess import PREPROCESSING_SPEC, preprocess_file
@@ -325,6 +338,12 @@ def test_ship_writes_variants_and_a_manifest_the_node_loads(shipped, views_cv) -
     assert {"tensorflow-cpu", "ai-edge-litert"} <= set(on_disk["versions"])
     assert set(on_disk["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
     assert on_disk["scores"] == "logits"  # no softmax inside the Int8 graph
+    # Int8 kernels, except the stem the recipe keeps float (int8_float_stem_blocks), and the
+    # manifest says so
+    kernels = kernel_dtypes(out / on_disk["variants"]["int8"]["file"])
+    assert kernels["CONV_2D"] == {"int8", "float32"} and kernels["FULLY_CONNECTED"] == {"int8"}
+    assert "blocks 1-1, which stay float32" in on_disk["variants"]["int8"]["quantisation"]
+    assert kernel_dtypes(out / on_disk["variants"]["dynamic"]["file"])["CONV_2D"] == {"float32"}
     assert not list(out.glob("*.keras"))  # the Keras file stays in the work folder
     grey = preprocess_file(CHEST_PA)
     for name, entry in on_disk["variants"].items():

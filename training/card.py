@@ -152,6 +152,9 @@ def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
            if views else "Dense(2, softmax)")
         + f"; input float32 (1, 224, 224, 3), grey 0–255 repeated to 3 channels; pixel scaling "
         f"`{recipe['scaling']}` is a layer inside the model.",
+        f"- Quantisation of `{manifest['default_variant']}`: "
+        + manifest["variants"].get(manifest["default_variant"], {}).get("quantisation",
+                                                                       "not recorded") + ".",
         f"- Classes `{manifest['labels']}`; the node runs `{manifest['default_variant']}` "
         "(`model_int8.tflite`) through ai-edge-litert. `manifest.json` lists every file with its "
         "sha256; the node refuses a file whose hash differs, and a manifest without "

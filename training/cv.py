@@ -166,7 +166,8 @@ def cross_validate(recipe: Recipe, images: Path | list[Path] | None, dicom: Path
                                                                           steady_invokes)
         representative = representative_images(data.pixels[train_idx],
                                                 recipe.representative_samples, recipe.seed + k)
-        files = export_all(parts.exported, fold_dir, representative, variants=variants, log=log)
+        files = export_all(parts.exported, fold_dir, representative, variants=variants, log=log,
+                           int8_float_stem_blocks=recipe.int8_float_stem_blocks)
         eval_started = time.monotonic()
         for variant, path in files.items():
             run = run_tflite(path, data.pixels[test_idx], steady_invokes=steady_invokes)

@@ -18,7 +18,7 @@ from dicomnode.view_policy import CLASSES, HEADS
 from training.cache import load_data_cached
 from training.card import write_card
 from training.data import FAMILIES, LABELS, data_origin, shared_dir
-from training.export import VARIANTS, export_all, representative_images
+from training.export import VARIANTS, export_all, quantisation_of, representative_images
 from training.features import recipe_features
 from training.fit import train
 from training.model import Parts, check_weights
@@ -141,7 +141,8 @@ def ship(recipe: Recipe, images: Path | list[Path] | None, dicom: Path | None, w
     build_dir.mkdir(parents=True, exist_ok=True)
     parts.full.save(build_dir / "model.keras")  # kept out of git: models/ holds TFLite only
     files = export_all(parts.exported, build_dir, representative, variants=variants,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       int8_float_stem_blocks=recipe.int8_float_stem_blocks)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     for variant, path in files.items():
@@ -153,6 +154,7 @@ def ship(recipe: Recipe, images: Path | list[Path] | None, dicom: Path | None, w
             "size_bytes": target.stat().st_size,
             "input_shape": [1, MODEL_SIZE, MODEL_SIZE, 3],
             "input_dtype": "float32",
+            "quantisation": quantisation_of(variant, recipe.int8_float_stem_blocks),
             "input_range": "0-255 grey repeated to 3 channels (scaling is inside the model)",
             "output": (OUTPUT_VIEWS if views_task
                        else "float32 softmax probabilities in the order of `labels`"),
