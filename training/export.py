@@ -47,8 +47,9 @@ def _int8_float_stem(converter, representative: np.ndarray, blocks: int) -> byte
     float32 (selective quantisation through TFLite's QuantizationDebugger).
 
     Why: on the view model, full-integer quantisation of these high-resolution layers is where
-    Int8 and FP32 part ways (measured per layer, 2026-12-08; models/README.md); keeping them
-    float made the out-of-fold would_write agree where full integer did not."""
+    Int8 and FP32 part ways (measured per layer, 2026-12-08; models/report/error-review.md);
+    keeping them float cut the Int8-FP32 logit noise about threefold. The recipe option
+    `int8_float_stem_blocks` asks for it."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
