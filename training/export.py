@@ -28,16 +28,15 @@ def quantisation_of(variant: str, int8_float_stem_blocks: int = 0) -> str:
     full-integer one."""
     if variant == "int8" and int8_float_stem_blocks > 0:
         return (f"int8 weights (per channel) and activations, except the input scaling, the stem "
-                f"and blocks 1-{int8_float_stem_blocks}, which stay float32 (about 30% of the "
-                "multiply-adds for blocks 1-3)")
+                f"and blocks 1-{int8_float_stem_blocks}, which stay float32")
     return {"fp32": "none: float32", "fp16": "float16 weights, float32 compute",
             "dynamic": "int8 weights, float32 activations (dynamic range)",
             "int8": "full integer: int8 weights (per channel) and activations"}[variant]
 
 
-# Keras layer-name parts of MobileNetV2's input scaling, stem and inverted-residual blocks 1..N
-# (the 112x112 and 56x56 layers for N = 3), in graph order.
 def float_stem_layers(blocks: int) -> tuple[str, ...]:
+    """Parts of the tensor names of MobileNetV2's input scaling, stem and inverted-residual
+    blocks 1..`blocks` (the 112x112 and 56x56 layers for 3)."""
     return ("rescale_", "/Conv1", "bn_Conv1", "expanded_conv_",
             *(f"/block_{n}_" for n in range(1, blocks + 1)))
 
