@@ -93,13 +93,6 @@ class OnePeerLine(logging.Filter):
         return True
 
 
-def _read_bytes(path: Path | None) -> bytes | None:
-    try:
-        return path.read_bytes() if path is not None else None
-    except OSError:
-        return None  # _load says what is wrong with it
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -125,9 +118,11 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(OnePeerLine())
         handler.addFilter(repeats)
+    from dicomnode.watch import file_bytes
+
     # what the node starts with: the watcher, which starts only once the node listens, reloads
     # at once if the file changed in between (an edit made during start-up was lost before)
-    loaded = _read_bytes(config)
+    loaded = file_bytes(config) if config is not None else None
     node_config = apply_overrides(_load(config), host, port, ae_title, outbox, db)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

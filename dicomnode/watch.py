@@ -39,6 +39,15 @@ INBOX_AE = "INBOX"
 CHANGE_EVENTS = {"created", "modified", "moved", "closed"}  # not "opened", "closed_no_write"
 
 
+def file_bytes(path: Path) -> bytes | None:
+    """The file's bytes, or None while it cannot be read (mid-rename, removed, unreadable):
+    whoever loads it says what is wrong with it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
 class _Wake(FileSystemEventHandler):
     def __init__(self, callback: Callable[[FileSystemEvent], None]) -> None:
         self.callback = callback
@@ -84,17 +93,11 @@ class ConfigWatcher:
         # the folder, not the file: editors replace files by rename
         self._observer.schedule(_Wake(self._on_event), str(self.path.parent), recursive=False)
         self._observer.start()
-        if self.loaded is not None and self._current_bytes() != self.loaded:
+        if self.loaded is not None and file_bytes(self.path) != self.loaded:
             self._pending.set()  # changed before we watched: no event will come for it
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
         self._thread.start()
         return self
-
-    def _current_bytes(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except OSError:
-            return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -111,7 +114,7 @@ class ConfigWatcher:
         previous = None
         for _ in range(tries):
             time.sleep(self.debounce_s)
-            current = self._current_bytes()
+            current = file_bytes(self.path)
             if current is not None and current == previous:
                 return
             previous = current

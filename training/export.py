@@ -111,8 +111,7 @@ def export_all(model, out_dir: Path, representative: np.ndarray, prefix: str = "
     for variant in variants:
         started = time.monotonic()
         path = out_dir / f"{prefix}_{variant}.tflite"
-        path.write_bytes(convert(model, variant, representative,
-                                 int8_float_stem_blocks if variant == "int8" else 0))
+        path.write_bytes(convert(model, variant, representative, int8_float_stem_blocks))
         log(f"  exported {variant}: {path.stat().st_size / 1024:.0f} KB"
             f" ({time.monotonic() - started:.0f}s)")
         files[variant] = path
