@@ -209,6 +209,17 @@ def _destinations(config: Any, timeout: float, max_failing_s: float,
     return facts, problems
 
 
+def _oldest_age(paths: list[Path]) -> float | None:
+    """Seconds since the oldest of these files still there was written; None when none is. The
+    log writer removes each event as the database takes it, so one listed may be gone."""
+    for path in paths:
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return None
+
+
 def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str], list[str]]:
     """Log events waiting in the spool for the database (an outage, or its catch-up), and a
     reload that needs a restart to apply."""
@@ -221,8 +232,8 @@ def _journal(config: Any, max_failing_s: float) -> tuple[list[str], list[str], l
     restart = Path(config.spool.path) / RESTART_NEEDED
     if restart.is_file():
         warnings.append(f"restart needed: {restart.read_text().strip()}")
-    if waiting:
-        age = time.time() - waiting[0].stat().st_mtime
+    age = _oldest_age(waiting)
+    if age is not None:
         line = f"log journal: {len(waiting)} events not yet in the database (oldest {age:.0f} s)"
         (problems if age > max_failing_s else facts).append(line)
     if rejected:

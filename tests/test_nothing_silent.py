@@ -532,3 +532,16 @@ def test_a_config_edit_made_during_start_up_is_reloaded(tmp_path):
     time.sleep(1.0)
     unchanged.stop()
     assert seen == ["second\n"]  # no reload when nothing changed
+
+
+def test_health_reads_the_journal_while_the_log_writer_empties_it(tmp_path):
+    """`dicomnode health` lists the journal, then reads the oldest event's age; the log writer
+    may have applied and removed that event in between (a clean-clone CI run crashed health
+    with FileNotFoundError this way). The oldest event still there counts; none, no line."""
+    from dicomnode.health import _oldest_age
+
+    gone, waiting = tmp_path / "1.instance.json", tmp_path / "2.instance.json"
+    waiting.write_text("{}")
+    os.utime(waiting, (time.time() - 30, time.time() - 30))
+    assert 29 < _oldest_age([gone, waiting]) < 60
+    assert _oldest_age([gone]) is None
