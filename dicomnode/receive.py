@@ -32,7 +32,7 @@ from dicomnode.association_audit import AssociationAudit, AssociationEvent
 from dicomnode.config import ReceiveConfig
 from dicomnode.hardening import access_policy, receive_security
 from dicomnode.identity import node_ae
-from dicomnode.idle_polling import make_idle_aware
+from dicomnode.reactor_wait import make_waiting
 from dicomnode.receive_files import ReceivedDataset, ReceiveToFiles, file_header
 from dicomnode.repeat_limiter import RepeatLimiter, held_note
 from dicomnode.spool import TMP, Spool
@@ -204,8 +204,8 @@ class Receiver:
     def _on_connection(self, event: evt.Event) -> None:
         """TCP_NODELAY; the TLS handshake, within read_timeout_s (in this connection's thread,
         not the accept loop); a connection over max_pending_connections closed at once; every
-        PDU read whole within the deadline and checked (dicomnode.wire_guard); idle polling
-        slowed (dicomnode.idle_polling)."""
+        PDU read whole within the deadline and checked (dicomnode.wire_guard); the
+        association's threads wait for work instead of polling (dicomnode.reactor_wait)."""
         set_tcp_nodelay(event)
         assoc_socket = event.assoc.dul.socket
         sock = assoc_socket.socket if assoc_socket else None
@@ -230,7 +230,7 @@ class Receiver:
                 log.debug("send deadline not set: %s", exc)
         assoc = event.assoc
         PduReader(assoc_socket, self._wire_limits, lambda cut: self._connection_cut(assoc, cut))
-        make_idle_aware(assoc)  # an idle association waits on its socket, not 1 kHz polls
+        make_waiting(assoc)  # its threads wait for PDUs and each other, not 1 kHz polls
 
     def _worth_an_association(self, connection: Any, address: Any) -> bool:
         """socketserver's verify_request, in the accept loop: a connection its peer has already

@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 from dicomnode.config_routing import DicomDestination, FolderDestination
 from dicomnode.hardening import destination_tls_args
 from dicomnode.identity import node_ae
+from dicomnode.reactor_wait import make_waiting
 from dicomnode.receive import set_tcp_nodelay
 from dicomnode.spool import write_atomic
 from dicomnode.transcode import FALLBACK_SYNTAXES, NoTargetSyntax, fallback_target, reencode
@@ -88,6 +89,12 @@ def _pause_reactor(assoc: Association, timeout_s: float = 1.0) -> None:
         time.sleep(0.0002)
 
 
+def _dul_waits(event: evt.Event) -> None:
+    # the DUL waits for the peer or for what the forwarder sends; the association thread polls:
+    # pynetdicom pauses it around every request (dicomnode.reactor_wait)
+    make_waiting(event.assoc, association_thread=False)
+
+
 class DicomSender:
     """C-STORE SCU for one destination; keeps its association open between images."""
 
@@ -126,7 +133,7 @@ class DicomSender:
             self.dest.host,
             self.dest.port,
             ae_title=self.dest.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, _dul_waits)],
             tls_args=self.tls_args,
         )
         if not assoc.is_established:

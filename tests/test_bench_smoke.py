@@ -31,6 +31,7 @@ QUICK_RUNS = {
         "bench.hostile_peers", "--read-timeout-s", "1", "--instance-mb", "4", "--storm", "20",
         "--idle-s", "1",
     ],
+    "trickle_cpu.json": ["bench.trickle_cpu", "--images", "2", "--gap-s", "0.1", "--runs", "1"],
 }
 
 
