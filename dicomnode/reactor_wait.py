@@ -68,7 +68,10 @@ class WaitingDUL(DULServiceProvider):
         primitive is queued to be sent."""
         sock = self.socket.socket if self.socket is not None else None
         try:
-            if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if sock is None:  # closed: the reactor is about to be stopped; do not spin meanwhile
+                time.sleep(POLL_S)
+                return
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS bytes already read
                 return
             readable, _, _ = select.select([sock, self._wake_receiver], [], [], seconds)
             if self._wake_receiver in readable:
@@ -80,7 +83,7 @@ class WaitingDUL(DULServiceProvider):
 def make_waiting(assoc: Any, association_thread: bool = True) -> None:
     """EVT_CONN_OPEN: the association's DUL (and, for an accepted association, its own thread)
     wait for work from now on. Before the association's threads start (acceptor) or in its DUL
-    thread (requestor): the DUL reads its class and delay afresh every turn."""
+    thread (requestor): the DUL's reactor looks its sleep up afresh every turn."""
     dul = assoc.dul
     if type(dul) is not DULServiceProvider:
         return
