@@ -9,7 +9,6 @@ where that shows, since a steady stream keeps them busy anyway.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -18,30 +17,25 @@ from pathlib import Path
 from pynetdicom import AE, _config
 
 from bench.common import SHARED, print_table, write_json
-from bench.peers import Template, node_config, start_node, start_sink
+from bench.peers import Server, Template, node_config, start_node, start_sink
 
 CT_SLICE = "dicom/corpus/files/CT__693_UNCR.dcm"
 
 
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def trickle(port: int, template: Template, count: int, gap_s: float, pid: int) -> dict:
+def trickle(node: Server, template: Template, count: int, gap_s: float) -> dict:
     _config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, not a re-encoded dataset
     ae = AE(ae_title="TRICKLE")
     ae.add_requested_context(template.sop_class, template.transfer_syntax)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
     assert assoc.is_established, "the node refused the association"
     try:
         time.sleep(2.0)  # start-up work done; the association is open and quiet
-        cpu_before, wall_before = process_cpu_s(pid), time.monotonic()
+        cpu_before, wall_before = node.cpu_seconds(), time.monotonic()
         for _ in range(count):
             template.renew()
             assert assoc.send_c_store(template.path).Status == 0x0000
             time.sleep(gap_s)
-        cpu_s, wall_s = process_cpu_s(pid) - cpu_before, time.monotonic() - wall_before
+        cpu_s, wall_s = node.cpu_seconds() - cpu_before, time.monotonic() - wall_before
     finally:
         assoc.release()
         ae.shutdown()
@@ -65,8 +59,7 @@ def main() -> None:
             node = start_node(folder, node_config(folder, sink.port, 65536))
             try:
                 template = Template(SHARED / CT_SLICE, folder)
-                runs.append(trickle(node.port, template, args.images, args.gap_s,
-                                    node.process.pid))  # fmt: skip
+                runs.append(trickle(node, template, args.images, args.gap_s))
             finally:
                 node.stop()
                 sink.stop()

@@ -49,7 +49,8 @@ class WaitingDUL(DULServiceProvider):
 
     _wake_receiver: socket.socket
     wake: Callable[[], None]  # makes wait_for_work return now
-    activity: threading.Event  # set when its association thread has something to handle
+    # set when its association thread has something to handle; None where that thread polls
+    activity: threading.Event | None
 
     # pynetdicom stops the reactor by setting this flag from another thread, then waits for the
     # thread to end: the setter wakes it, so it ends at once, not at the end of its wait
@@ -101,11 +102,10 @@ def make_waiting(assoc: Any, association_thread: bool = True) -> None:
 
     dul._wake_receiver = receiver
     dul.wake = wake_dul
-    dul.activity = threading.Event()
+    dul.activity = threading.Event() if association_thread else None
     dul._kill_requested = dul.__dict__.pop("_kill_thread", False)  # the property holds it now
     _on_put(dul.to_provider_queue, wake_dul)
-    if association_thread:
-        dul.waits_for_association = True  # its association thread waits on `activity`
+    if dul.activity is not None:
         _on_put(dul.to_user_queue, dul.activity.set)
         _on_put(assoc.dimse.msg_queue, dul.activity.set)
     dul.__class__ = WaitingDUL
@@ -157,7 +157,7 @@ class _ReactorTime:
     def sleep(seconds: float) -> None:
         if seconds <= POLL_S:
             dul = getattr(threading.current_thread(), "dul", None)
-            if isinstance(dul, WaitingDUL) and getattr(dul, "waits_for_association", False):
+            if isinstance(dul, WaitingDUL) and dul.activity is not None:
                 # cleared after the wait, before the reactor looks at its queues: a put after
                 # that look sets it again, so no wake-up is lost
                 dul.activity.wait(ASSOCIATION_MAX_WAIT_S)
