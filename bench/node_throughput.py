@@ -299,7 +299,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the node's classify.workers")
     parser.add_argument("--nice", type=int, default=None,
                         help="the node's classify.nice (default: the node's default)")
-    parser.add_argument("--only", default="", help="run only input sets whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="run only input sets whose name contains this (several: a|b)")
     parser.add_argument("--output", default="node_throughput.json")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
@@ -307,7 +308,7 @@ def main() -> None:
         sets: dict[str, list[tuple[list[Template], int]]] = {}
         all_sets = {**{name: {name: spec} for name, spec in INPUT_SETS.items()}, **MIXED_SETS}
         for name, streams in all_sets.items():
-            if args.only and args.only not in name:
+            if args.only and not any(o in name for o in args.only.split("|")):
                 continue
             sets[name] = []
             for files, full_n, quick_n in streams.values():

@@ -117,6 +117,67 @@ def test_temperature_fit_softens_overconfident_outputs() -> None:
     assert temperatures["family"] > 2.0  # 99% sure at 80% right needs softening
 
 
+def test_lateral_writes_stay_within_the_wrong_write_goal_however_many_frontal_calls() -> None:
+    """One frontal film called lateral at p 0.97 is 0.09% of 1,101 frontal/lateral calls but 1%
+    of the 101 lateral writes: the lateral threshold must rise above it, though 50 laterals at
+    p 0.96 are then not written."""
+    from dicomnode.view_policy import decide_many
+    from training.calibrate import choose_thresholds, outcomes
+    from training.data import Sample
+
+    identity = {"method": "temperature", "family": 1.0, "ap_pa": 1.0, "region": 1.0}
+    p_lateral = np.concatenate([np.full(50, 0.96), np.full(50, 0.99), np.full(1000, 0.001),
+                                [0.97]])
+    raw = np.column_stack([1.0 - p_lateral - 1e-4, p_lateral, np.full(len(p_lateral), 1e-4),
+                           np.full((len(p_lateral), 4), 0.5)])
+    samples = ([Sample(f"l{i}.png", "lateral") for i in range(100)]
+               + [Sample(f"f{i}.png", "frontal") for i in range(1001)])
+    chosen = choose_thresholds(raw, samples, identity, 0.002)
+    assert 0.97 < chosen["lateral"] <= 0.99
+    result = outcomes(decide_many(raw, identity, chosen)["decided"], samples)
+    assert (result == "correct").sum() == 50 and (result == "wrong").sum() == 0
+
+
+def test_thresholds_avoid_a_cluster_where_int8_and_fp32_would_write_differently() -> None:
+    """Laterals piled up at p 0.984-0.993 (as label smoothing leaves them), two frontal films
+    at p lateral 0.986 and 0.988 forcing the lateral threshold into the pile, and FP32 outputs
+    that differ from Int8 by rounding noise: the plain rule puts the threshold inside the pile,
+    where Int8 and FP32 write different films; preferring agreement moves it above the pile."""
+    from dicomnode.view_policy import decide_many
+    from training.calibrate import choose_thresholds, would_write_agreement
+    from training.data import Sample
+
+    rng = np.random.default_rng(0)
+    identity = {"method": "temperature", "family": 1.0, "ap_pa": 1.0, "region": 1.0}
+
+    def rows(p_lateral: np.ndarray) -> np.ndarray:
+        other = np.full_like(p_lateral, 1e-3)
+        return np.column_stack([1.0 - p_lateral - other, p_lateral, other,
+                                np.full((len(p_lateral), 4), 0.5)])
+
+    piled = rng.uniform(0.984, 0.993, 300)
+    sure = rng.uniform(0.9985, 0.9999, 40)
+    frontal = rng.uniform(0.0001, 0.0005, 300)
+    p_lateral = np.concatenate([piled, sure, frontal, [0.986, 0.988]])
+    samples = ([Sample(f"l{i}.png", "lateral") for i in range(340)]
+               + [Sample(f"f{i}.png", "frontal") for i in range(302)])
+    int8 = rows(p_lateral)
+    noise = np.zeros_like(p_lateral)
+    noise[:300] = rng.normal(0.0, 0.0015, 300)  # the pile; the sure laterals and frontals alike
+    fp32 = rows(np.clip(p_lateral + noise, 0.0, 0.9995))
+
+    plain = choose_thresholds(int8, samples, identity, 0.002)
+    assert 0.988 < plain["lateral"] < 0.993  # inside the pile
+    assert would_write_agreement(int8, fp32, identity, plain) < 0.995
+    steady = choose_thresholds(int8, samples, identity, 0.002, fp32, 0.995)
+    assert steady["lateral"] > plain["lateral"]
+    assert would_write_agreement(int8, fp32, identity, steady) >= 0.995
+    written = decide_many(int8, identity, steady)["decided"]
+    assert (written[:340] == "LAT").sum() >= 40 and (written[340:] == None).all()  # noqa: E711
+    # no grid point reaches an impossible agreement: the plain rule's choice stands
+    assert choose_thresholds(int8, samples, identity, 0.002, fp32, 1.01) == plain
+
+
 def test_dicom_tree_labels_by_view_position_and_lists_what_it_skips(dicom_folder: Path) -> None:
     dataset = load_dicom_tree(dicom_folder)
     labels = {Path(s.path).name: s.label for s in dataset.samples}
@@ -266,6 +327,7 @@ def test_views_cross_validation_reports_regions_coverage_and_thresholds(views_cv
     assert all(len(f) == 1 for f in groups.values())  # no patient on both sides of a fold
     policy = summary["policy"]
     assert set(policy["thresholds"]) == {"frontal", "lateral", "ap_pa", "chest"}
+    assert all(0.0 <= row["int8_fp32_agreement"] <= 1.0 for row in policy["trade_off"])
     assert all(0.5 <= v <= 1.0 for v in policy["thresholds"].values())
     assert {"family", "ap_pa", "region"} <= set(policy["calibration"])
     overall = summary["overall"]

@@ -4,6 +4,10 @@ Each head gets one temperature (grid search on the negative log-likelihood of it
 outputs). The thresholds are then the ones that write the most films correctly while the
 wrong-write rate stays at or below the recipe's goal; the rule they feed is the node's own
 (dicomnode.view_policy.decide_many), so what is measured here is what the node does.
+
+Given the FP32 model's out-of-fold outputs too, thresholds where Int8 and FP32 would write the
+same on at least the recipe's share of films come first: a threshold inside a cluster of
+confidences lets quantisation noise decide which films get written.
 """
 
 from __future__ import annotations
@@ -83,24 +87,46 @@ def _family_outcomes(family_decided: np.ndarray, family: np.ndarray) -> tuple[in
     return correct, int(frontal.sum() + lateral.sum()) - correct
 
 
+def would_write_agreement(raw: np.ndarray, reference: np.ndarray, calibration: dict,
+                          thresholds: dict) -> float:
+    """Share of films for which both outputs give the same would_write (abstentions alike)."""
+    ours = decide_many(raw, calibration, thresholds)["decided"]
+    theirs = decide_many(reference, calibration, thresholds)["decided"]
+    return float(np.mean(ours == theirs))
+
+
 def choose_thresholds(raw: np.ndarray, samples: list[Sample], calibration: dict,
-                      max_wrong_rate: float) -> dict:
+                      max_wrong_rate: float, reference: np.ndarray | None = None,
+                      min_agreement: float | None = None) -> dict:
     """Two stages, each the grid point with the most correct calls whose wrong share stays at
-    most max_wrong_rate (ties: the higher thresholds):
+    most max_wrong_rate (ties: the higher thresholds). With `reference` (the FP32 outputs) and
+    `min_agreement`, points where raw and reference would write the same on at least that share
+    of films come before all others (stage 1 judged with no AP/PA writes):
     1. frontal and lateral, on frontal/lateral calls (what agree/disagree and the body-part
-       defaults rest on; the lateral calls are writes);
+       defaults rest on); the lateral calls are writes, so their own wrong share must stay
+       within the goal too (else stage 2 could find no AP/PA point and keep writes over it);
     2. ap_pa and chest, on the writes, lateral writes included, AP/PA writes on films of
        unknown AP/PA at most MAX_UNVERIFIABLE_SHARE of the writes. If no AP/PA write fits the
        goal, ap_pa is 1.0: the node then never writes AP or PA by itself."""
     family = truth_of(samples)["family"]
+
+    def agrees(thresholds: dict) -> bool:
+        if reference is None or min_agreement is None:
+            return True
+        return would_write_agreement(raw, reference, calibration, thresholds) >= min_agreement
+
     never = {"ap_pa": 1.0, "chest": 1.0}
     best_key, stage1 = None, {"frontal": 1.0, "lateral": 1.0}
     for frontal, lateral in itertools.product(FAMILY_GRID, FAMILY_GRID):
-        calls = decide_many(raw, calibration, {"frontal": frontal, "lateral": lateral, **never})
+        thresholds = {"frontal": frontal, "lateral": lateral, **never}
+        calls = decide_many(raw, calibration, thresholds)
         correct, wrong = _family_outcomes(calls["family_decided"], family)
         if wrong > max_wrong_rate * max(correct + wrong, 1):
             continue
-        key = (correct, frontal + lateral)
+        lateral_writes = calls["family_decided"] == "lateral"
+        if (lateral_writes & (family != 1)).sum() > max_wrong_rate * lateral_writes.sum():
+            continue
+        key = (agrees(thresholds), correct, frontal + lateral)
         if best_key is None or key > best_key:
             best_key, stage1 = key, {"frontal": frontal, "lateral": lateral}
     best_key, stage2 = None, never
@@ -114,19 +140,20 @@ def choose_thresholds(raw: np.ndarray, samples: list[Sample], calibration: dict,
             continue
         if unverifiable > MAX_UNVERIFIABLE_SHARE * max(correct + wrong + unverifiable, 1):
             continue
-        key = (correct, -unverifiable, ap_pa + chest)
+        key = (agrees(thresholds), correct, -unverifiable, ap_pa + chest)
         if best_key is None or key > best_key:
             best_key, stage2 = key, {"ap_pa": ap_pa, "chest": chest}
     return {**stage1, **stage2}
 
 
 def trade_off(raw: np.ndarray, samples: list[Sample], calibration: dict,
-              rates=TRADE_OFF_RATES) -> list[dict]:
+              rates=TRADE_OFF_RATES, reference: np.ndarray | None = None,
+              min_agreement: float | None = None) -> list[dict]:
     """Coverage and wrong writes at the thresholds each wrong-write goal would choose: what a
     hospital buys with a looser goal (tag.thresholds in the config)."""
     rows = []
     for rate in rates:
-        thresholds = choose_thresholds(raw, samples, calibration, rate)
+        thresholds = choose_thresholds(raw, samples, calibration, rate, reference, min_agreement)
         calls = decide_many(raw, calibration, thresholds)
         result = outcomes(calls["decided"], samples)
         written = int((result != "abstain").sum())
@@ -137,19 +164,29 @@ def trade_off(raw: np.ndarray, samples: list[Sample], calibration: dict,
                      "wrong_writes": int((result == "wrong").sum()),
                      "correct_writes": int((result == "correct").sum()),
                      "unverifiable_writes": int((result == "unverifiable").sum())})
+        if reference is not None:
+            rows[-1]["int8_fp32_agreement"] = round(
+                would_write_agreement(raw, reference, calibration, thresholds), 4)
     return rows
 
 
-def calibrate(raw: np.ndarray, samples: list[Sample], max_wrong_rate: float) -> dict:
-    """{"calibration": temperatures, "thresholds": ..., "chosen_on": ...} for the manifest."""
+def calibrate(raw: np.ndarray, samples: list[Sample], max_wrong_rate: float,
+              reference: np.ndarray | None = None, min_agreement: float | None = None) -> dict:
+    """{"calibration": temperatures, "thresholds": ..., "chosen_on": ...} for the manifest;
+    `reference`: the FP32 outputs of the same films, for the agreement preference."""
     calibration = {"method": "temperature", **fit_temperatures(raw, samples)}
     # The goal's own row comes first: its thresholds are the ones shipped (one grid search each).
     rows = trade_off(raw, samples, calibration,
-                     (max_wrong_rate, *(r for r in TRADE_OFF_RATES if r != max_wrong_rate)))
-    return {"calibration": calibration, "thresholds": rows[0]["thresholds"],
-            "trade_off": rows,
-            "max_wrong_write_rate": max_wrong_rate,
-            "chosen_on": f"out-of-fold Int8 outputs of {len(samples)} films"}
+                     (max_wrong_rate, *(r for r in TRADE_OFF_RATES if r != max_wrong_rate)),
+                     reference, min_agreement)
+    policy = {"calibration": calibration, "thresholds": rows[0]["thresholds"],
+              "trade_off": rows,
+              "max_wrong_write_rate": max_wrong_rate,
+              "chosen_on": f"out-of-fold Int8 outputs of {len(samples)} films"}
+    if reference is not None and min_agreement is not None:
+        policy["min_int8_fp32_agreement"] = min_agreement
+        policy["int8_fp32_agreement"] = rows[0]["int8_fp32_agreement"]
+    return policy
 
 
 def reliability(raw: np.ndarray, samples: list[Sample], calibration: dict | None,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from training.report import PAPER_TABLE, recipe_cells
+from training.report_views import threshold_rule
 
 
 def _pct(value) -> str:
@@ -196,10 +197,12 @@ def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
             f"- Temperature scaling per head, fitted on the out-of-fold Int8 outputs of the CV: "
             f"`{manifest['calibration']}` (softmax(z / T) on each head's logits z).",
             f"- Thresholds on the calibrated probabilities: `{manifest['thresholds']}`, chosen on "
-            f"{manifest['thresholds_chosen']['chosen_on']} as the grid point with the most "
-            f"correct writes whose wrong writes stay ≤ "
-            f"{manifest['thresholds_chosen']['max_wrong_write_rate'] * 100:.1f}% of checked "
-            "writes (AP/PA writes on films of unknown AP/PA capped at 2% of writes).",
+            f"{manifest['thresholds_chosen']['chosen_on']} as the grid point with the "
+            f"{threshold_rule(manifest['thresholds_chosen'])} (AP/PA writes on films of unknown "
+            "AP/PA capped at 2% of writes)."
+            + (" A threshold inside a cluster of confidences lets rounding decide which films "
+               "get written; where Int8 and FP32 agree, it does not."
+               if manifest["thresholds_chosen"].get("min_int8_fp32_agreement") else ""),
             "- Rule (dicomnode.view_policy): lateral if p(lateral) ≥ `lateral`; frontal if "
             "p(frontal) ≥ `frontal`, then AP or PA only if p(chest) ≥ `chest` and p(AP or PA) ≥ "
             "`ap_pa`; otherwise abstain with the reason logged. The node uses these values; "

@@ -77,7 +77,9 @@ def summarise_views(cv: CVResult) -> dict:
     samples = cv.dataset.samples
     families = cv.dataset.families
     ref = "int8" if "int8" in cv.oof else list(cv.oof)[-1]
-    policy = calibrate(cv.oof[ref], samples, cv.recipe.max_wrong_write_rate)
+    reference = cv.oof.get("fp32") if ref == "int8" else None
+    policy = calibrate(cv.oof[ref], samples, cv.recipe.max_wrong_write_rate, reference,
+                       cv.recipe.min_int8_fp32_agreement or None)
     calibration, thresholds = policy["calibration"], policy["thresholds"]
     per_variant_decided = {name: decide_many(raw, calibration, thresholds)
                            for name, raw in cv.oof.items()}
@@ -201,17 +203,33 @@ def would_write_table(cm: dict) -> list[str]:
 
 
 def trade_off_table(policy: dict) -> list[str]:
+    rows = policy.get("trade_off", [])
+    agreement = bool(rows) and all("int8_fp32_agreement" in row for row in rows)
     lines = ["## Coverage against the wrong-write goal (out of fold; the first row is shipped)", "",
              "| wrong-write goal | thresholds it chooses | coverage (written) | family decided | "
-             "correct writes | wrong writes | unverifiable |", "|---|---|---|---|---|---|---|"]
-    for row in policy.get("trade_off", []):
+             "correct writes | wrong writes | unverifiable |"
+             + (" Int8 = FP32 would_write |" if agreement else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if agreement else "")]
+    for row in rows:
         t = row["thresholds"]
         lines.append(f"| ≤ {row['max_wrong_write_rate'] * 100:.1f}% | frontal {t['frontal']}, "
                      f"lateral {t['lateral']}, ap_pa {t['ap_pa']}, chest {t['chest']} | "
                      f"{_pct(row['coverage'])} | {_pct(row['family_coverage'])} | "
                      f"{row['correct_writes']} | {row['wrong_writes']} | "
-                     f"{row['unverifiable_writes']} |")
+                     f"{row['unverifiable_writes']} |"
+                     + (f" {_pct(row['int8_fp32_agreement'])} |" if agreement else ""))
     return lines
+
+
+def threshold_rule(policy: dict) -> str:
+    """How the thresholds were chosen, in words (report and model card)."""
+    rule = (f"most correct writes with wrong writes ≤ {policy['max_wrong_write_rate'] * 100:.1f}% "
+            "of checked writes")
+    if policy.get("min_int8_fp32_agreement"):
+        rule += (f", among the grid points where Int8 and FP32 would write the same on ≥ "
+                 f"{policy['min_int8_fp32_agreement'] * 100:.1f}% of films when any such point "
+                 "exists")
+    return rule
 
 
 def markdown_views(summary: dict, name: str) -> str:
@@ -223,8 +241,7 @@ def markdown_views(summary: dict, name: str) -> str:
              "(2 CPU cores, no GPU, every export included).", "",
              *origin_lines(summary),
              f"Calibration (temperatures, fitted on out-of-fold {summary['reference_variant']} "
-             f"outputs): {policy['calibration']}. Write thresholds (most correct writes with "
-             f"wrong writes ≤ {policy['max_wrong_write_rate'] * 100:.1f}% of checked writes): "
+             f"outputs): {policy['calibration']}. Write thresholds ({threshold_rule(policy)}): "
              f"{policy['thresholds']}.", "",
              "| variant | frontal/lateral acc. (mean ± sd over folds) | out-of-fold | size (KB) | "
              "warm-up (ms) | steady (ms, 1 thread) |", "|---|---|---|---|---|---|"]

@@ -163,8 +163,9 @@ def ship(recipe: Recipe, images: Path | list[Path] | None, dicom: Path | None, w
     head_fields = ({"heads": "views", "outputs": {k: list(v) for k, v in HEADS.items()},
                     "scores": "logits",
                     "calibration": policy["calibration"], "thresholds": policy["thresholds"],
-                    "thresholds_chosen": {k: policy[k] for k in ("max_wrong_write_rate",
-                                                                 "chosen_on")}}
+                    "thresholds_chosen": {k: policy[k] for k in (
+                        "max_wrong_write_rate", "chosen_on", "min_int8_fp32_agreement",
+                        "int8_fp32_agreement") if k in policy}}
                    if views_task and policy else {"heads": "binary"})
     manifest = {
         "name": (VIEWS_NAME if views_task
