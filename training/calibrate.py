@@ -5,9 +5,10 @@ outputs). The thresholds are then the ones that write the most films correctly w
 wrong-write rate stays at or below the recipe's goal; the rule they feed is the node's own
 (dicomnode.view_policy.decide_many), so what is measured here is what the node does.
 
-Given the FP32 model's out-of-fold outputs too, thresholds where Int8 and FP32 would write the
-same on at least the recipe's share of films come first: a threshold inside a cluster of
-confidences lets quantisation noise decide which films get written.
+Given the FP32 model's out-of-fold outputs too, the report shows how often Int8 and FP32 would
+write the same at each choice; with the recipe's `min_int8_fp32_agreement` set, points where they
+agree on at least that share of films come first (a threshold inside a cluster of confidences
+lets quantisation noise decide which films get written).
 """
 
 from __future__ import annotations

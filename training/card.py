@@ -201,7 +201,7 @@ def write_card(out_dir: Path, manifest: dict, images: Path | list[Path] | None,
             f"{threshold_rule(manifest['thresholds_chosen'])} (AP/PA writes on films of unknown "
             "AP/PA capped at 2% of writes)."
             + (" A threshold inside a cluster of confidences lets rounding decide which films "
-               "get written; where Int8 and FP32 agree, it does not."
+               "get written; preferring points where Int8 and FP32 agree keeps it out of them."
                if manifest["thresholds_chosen"].get("min_int8_fp32_agreement") else ""),
             "- Rule (dicomnode.view_policy): lateral if p(lateral) ≥ `lateral`; frontal if "
             "p(frontal) ≥ `frontal`, then AP or PA only if p(chest) ≥ `chest` and p(AP or PA) ≥ "
