@@ -28,7 +28,7 @@ from pynetdicom import AE, _config, evt
 
 from bench.common import REPO_ROOT
 from dicomnode.receive import set_tcp_nodelay
-from dicomnode.send import DicomSender
+from dicomnode.send import send_c_store_guarded
 
 # Send each instance from its file as stored: the sender costs the same whatever it sends to.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -104,9 +104,9 @@ def stream(
 ) -> list[Sent]:
     """Send `count` instances (templates in turn, each with a fresh UID) over one association.
 
-    If the association is lost mid-stream (pynetdicom 3.0's reactor race, which DicomSender._store
-    works around, or a timeout), the send is counted in `incidents` with how long it
-    hung, a new association is opened and the stream goes on with a fresh UID: one lost
+    If the association is lost mid-stream (pynetdicom 3.0's reactor race, which
+    send_c_store_guarded works around, or a timeout), the send is counted in `incidents` with
+    how long it hung, a new association is opened and the stream goes on with a fresh UID: one lost
     association must not void a run of a thousand images, and it is reported, not hidden.
     """
     ae = AE(ae_title=SENDER_AE)
@@ -125,7 +125,7 @@ def stream(
             started, clock = time.time(), time.perf_counter()
             try:
                 # the node's own guard against pynetdicom 3.0's reactor race (see forward.py)
-                status = DicomSender._store(assoc, template.path)
+                status = send_c_store_guarded(assoc, template.path)
             except RuntimeError:  # the association had already gone
                 status = Dataset()
             reply_ms = (time.perf_counter() - clock) * 1000.0

@@ -31,7 +31,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from dicomnode.receive import set_tcp_nodelay
-from dicomnode.send import DicomSender
+from dicomnode.send import send_c_store_guarded
 from dicomnode.spool import _fsync_dir, write_atomic
 
 _config.STORE_SEND_CHUNKED_DATASET = True  # like the node's forwarder: send the file as stored
@@ -103,7 +103,7 @@ class Relay:
                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
                     )  # fmt: skip
                 if assoc.is_established:
-                    status = DicomSender._store(assoc, path)  # the node's race guard
+                    status = send_c_store_guarded(assoc, path)  # the node's race guard
                     if status.get("Status") == 0x0000:
                         break
                     assoc.abort()

@@ -89,6 +89,18 @@ def _pause_reactor(assoc: Association, timeout_s: float = 1.0) -> None:
         time.sleep(0.0002)
 
 
+def send_c_store_guarded(assoc: Association, what: Path | pydicom.Dataset) -> pydicom.Dataset:
+    """`assoc.send_c_store(what)` with its reactor surely paused first (_pause_reactor): what
+    the forwarder, bench/relay.py and the tests' modality send through."""
+    _pause_reactor(assoc)
+    try:
+        return assoc.send_c_store(what)
+    finally:  # send_c_store resumes the reactor itself; make sure of it on errors too
+        checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+        if checkpoint is not None:
+            checkpoint.set()
+
+
 def _dul_waits(event: evt.Event) -> None:
     # the DUL waits for the peer or for what the forwarder sends; the association thread polls:
     # pynetdicom pauses it around every request (dicomnode.reactor_wait)
@@ -176,12 +188,12 @@ class DicomSender:
         assert self.assoc is not None
         try:
             if self._accepted(sop_class, ts):
-                status = self._store(self.assoc, path)
+                status = send_c_store_guarded(self.assoc, path)
             else:
                 fallback = self._fallback_dataset(path, sop_class, ts)
                 if isinstance(fallback, Delivery):
                     return fallback
-                status = self._store(self.assoc, fallback)
+                status = send_c_store_guarded(self.assoc, fallback)
         except Exception as exc:  # this image, on an association that was working
             self.release()
             return image_retry(f"cannot send this image: {type(exc).__name__}: {exc}")
@@ -190,16 +202,6 @@ class DicomSender:
             return image_retry("no response while this image was in transfer "
                                "(timeout or association aborted)")
         return classify_status(int(status.Status))
-
-    @staticmethod
-    def _store(assoc: Association, what: Path | pydicom.Dataset) -> pydicom.Dataset:
-        _pause_reactor(assoc)
-        try:
-            return assoc.send_c_store(what)
-        finally:  # send_c_store resumes the reactor itself; make sure of it on errors too
-            checkpoint = getattr(assoc, "_reactor_checkpoint", None)
-            if checkpoint is not None:
-                checkpoint.set()
 
     def _fallback_dataset(self, path: Path, sop_class: str, ts: str) -> pydicom.Dataset | Delivery:
         """The peer refused the instance's own transfer syntax: re-encode it into one it took."""

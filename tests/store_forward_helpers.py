@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.logdb.models import ForwardAttemptRow, InstanceRow
 from dicomnode.receive import set_tcp_nodelay
-from dicomnode.send import DicomSender
+from dicomnode.send import send_c_store_guarded
 from tests.node_helpers import NODE_AE, RecordingSCP, free_port, stop_process
 from tests.shared_data import SHARED
 
@@ -235,7 +235,7 @@ class Modality:
                     try:
                         # pynetdicom's reactor can take the response (then a resend): the
                         # node's guard, as its forwarder and bench/relay.py use it
-                        status = DicomSender._store(assoc, path)
+                        status = send_c_store_guarded(assoc, path)
                     except (OSError, RuntimeError, ValueError, AttributeError):
                         status = None
                     if status is not None and "Status" in status:

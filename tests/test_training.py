@@ -117,6 +117,17 @@ def test_temperature_fit_softens_overconfident_outputs() -> None:
     assert temperatures["family"] > 2.0  # 99% sure at 80% right needs softening
 
 
+IDENTITY_CALIBRATION = {"method": "temperature", "family": 1.0, "ap_pa": 1.0, "region": 1.0}
+
+
+def family_outputs(p_lateral: np.ndarray, p_other: float) -> np.ndarray:
+    """View-model outputs (n, 7) with these p(lateral), p(other) = p_other, p(frontal) the rest,
+    and undecided AP/PA and region heads."""
+    other = np.full_like(p_lateral, p_other)
+    return np.column_stack([1.0 - p_lateral - other, p_lateral, other,
+                            np.full((len(p_lateral), 4), 0.5)])
+
+
 def test_lateral_writes_stay_within_the_wrong_write_goal_however_many_frontal_calls() -> None:
     """One frontal film called lateral at p 0.97 is 0.09% of 1,101 frontal/lateral calls but 1%
     of the 101 lateral writes: the lateral threshold must rise above it, though 50 laterals at
@@ -125,11 +136,10 @@ def test_lateral_writes_stay_within_the_wrong_write_goal_however_many_frontal_ca
     from training.calibrate import choose_thresholds, outcomes
     from training.data import Sample
 
-    identity = {"method": "temperature", "family": 1.0, "ap_pa": 1.0, "region": 1.0}
+    identity = IDENTITY_CALIBRATION
     p_lateral = np.concatenate([np.full(50, 0.96), np.full(50, 0.99), np.full(1000, 0.001),
                                 [0.97]])
-    raw = np.column_stack([1.0 - p_lateral - 1e-4, p_lateral, np.full(len(p_lateral), 1e-4),
-                           np.full((len(p_lateral), 4), 0.5)])
+    raw = family_outputs(p_lateral, 1e-4)
     samples = ([Sample(f"l{i}.png", "lateral") for i in range(100)]
                + [Sample(f"f{i}.png", "frontal") for i in range(1001)])
     chosen = choose_thresholds(raw, samples, identity, 0.002)
@@ -148,23 +158,17 @@ def test_thresholds_avoid_a_cluster_where_int8_and_fp32_would_write_differently(
     from training.data import Sample
 
     rng = np.random.default_rng(0)
-    identity = {"method": "temperature", "family": 1.0, "ap_pa": 1.0, "region": 1.0}
-
-    def rows(p_lateral: np.ndarray) -> np.ndarray:
-        other = np.full_like(p_lateral, 1e-3)
-        return np.column_stack([1.0 - p_lateral - other, p_lateral, other,
-                                np.full((len(p_lateral), 4), 0.5)])
-
+    identity = IDENTITY_CALIBRATION
     piled = rng.uniform(0.984, 0.993, 300)
     sure = rng.uniform(0.9985, 0.9999, 40)
     frontal = rng.uniform(0.0001, 0.0005, 300)
     p_lateral = np.concatenate([piled, sure, frontal, [0.986, 0.988]])
     samples = ([Sample(f"l{i}.png", "lateral") for i in range(340)]
                + [Sample(f"f{i}.png", "frontal") for i in range(302)])
-    int8 = rows(p_lateral)
+    int8 = family_outputs(p_lateral, 1e-3)
     noise = np.zeros_like(p_lateral)
     noise[:300] = rng.normal(0.0, 0.0015, 300)  # the pile; the sure laterals and frontals alike
-    fp32 = rows(np.clip(p_lateral + noise, 0.0, 0.9995))
+    fp32 = family_outputs(np.clip(p_lateral + noise, 0.0, 0.9995), 1e-3)
 
     plain = choose_thresholds(int8, samples, identity, 0.002)
     assert 0.988 < plain["lateral"] < 0.993  # inside the pile
